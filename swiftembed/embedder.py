@@ -1,0 +1,173 @@
+"""The library API: an `Embedder` turns texts into vectors with one model, in-process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from swiftembed.model import StaticModel, load_model
+from swiftembed.pooling import PRECISIONS, Precision, finish, mean_pool
+from swiftembed.tokenizer import TextTokenizer, TokenBatch
+
+# Texts per kernel call inside `encode`: bounds the temporary memory of very large inputs.
+CHUNK_TEXTS = 8192
+
+
+class Embedder:
+    """Static-embedding encoder: tokenize, look up rows, mean, normalize.
+
+    Vectors equal model2vec's `StaticModel.encode` for the same model directory (to float32 rounding). An
+    empty text, or one made only of tokens the vocabulary lacks, encodes to the all-zero vector.
+    """
+
+    def __init__(
+        self,
+        model: StaticModel,
+        *,
+        max_tokens: int | None = -1,
+        fast_tokenizer: bool = True,
+        table: np.ndarray | None = None,
+    ) -> None:
+        """`max_tokens=-1` takes the model's own limit (512 unless its config says otherwise); `None` disables it.
+
+        `table` is an already widened float32 copy of the model's rows, for example a zero-copy view from Ray's
+        object store shared by several replicas; by default it is made here (no copy for float32 models).
+        """
+        self.model = model
+        limit = model.max_tokens if max_tokens == -1 else max_tokens
+        if limit is not None and limit < 1:
+            raise ValueError(f"max_tokens must be positive or None, got {limit}")
+        self.tokenizer = TextTokenizer(model.tokenizer, limit, fast_path=fast_tokenizer)
+        if table is None:
+            table = model.embeddings.astype(np.float32, copy=False)
+        elif table.dtype != np.float32 or table.shape != model.embeddings.shape:
+            raise ValueError(f"table must be float32 {model.embeddings.shape}, got {table.dtype} {table.shape}")
+        self.table = table
+        self._ranges: dict[tuple[int, bool], np.ndarray] = {}
+
+    @classmethod
+    def load(
+        cls, name_or_path: str | os.PathLike[str] | None = None, *, token: str | None = None, **options: object
+    ) -> Embedder:
+        """Load a model directory or Hub id (`None`: the vendored potion-base-8M) and wrap it."""
+        return cls(load_model(name_or_path, token=token), **options)  # type: ignore[arg-type]
+
+    # Model facts -------------------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    @property
+    def checksum(self) -> str:
+        return self.model.checksum
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.tokenizer.max_tokens
+
+    @property
+    def normalize(self) -> bool:
+        return self.model.normalize
+
+    # Encoding ----------------------------------------------------------------------------------------------
+    def tokenize(self, texts: str | Sequence[str]) -> list[list[int]]:
+        """The token ids each text is pooled from (after truncation and dropping unknown tokens)."""
+        return self.tokenizer.tokenize([texts] if isinstance(texts, str) else texts)
+
+    def tokens(self, texts: Sequence[str]) -> TokenBatch:
+        return self.tokenizer.encode(texts)
+
+    def pool(self, batch: TokenBatch, token_weights: np.ndarray | None = None) -> np.ndarray:
+        """Unnormalized mean vectors (float32) for tokenized texts: the part request batching shares."""
+        if len(batch) and (batch.ids.min(initial=0) < 0 or batch.ids.max(initial=0) >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
+        weights = self.model.weights
+        if token_weights is not None:
+            token_weights = np.asarray(token_weights, dtype=np.float32)
+            if token_weights.shape != (self.vocab_size,):
+                raise ValueError(f"token_weights must hold {self.vocab_size} values, one per token id")
+            weights = token_weights if weights is None else weights * token_weights
+        return mean_pool(self.table, batch, rows=self.model.mapping, weights=weights)
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        precision: Precision = "float32",
+        token_weights: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Vectors for `texts`, one row each (a single string gives a 1-D vector).
+
+        `normalize` defaults to the model's config; `dimensions` keeps the first k dimensions, then
+        re-normalizes; `precision` quantizes as sentence-transformers' `quantize_embeddings` does, with
+        per-model calibration ranges; `token_weights` (one per token id, e.g. SIF) scale each token's row.
+        """
+        if isinstance(texts, str):
+            return self.encode(
+                [texts], normalize=normalize, dimensions=dimensions, precision=precision, token_weights=token_weights
+            )[0]
+        self.check_options(dimensions, precision)
+        if len(texts) <= CHUNK_TEXTS:
+            means = self.pool(self.tokens(texts), token_weights)
+        else:
+            means = np.concatenate(
+                [
+                    self.pool(self.tokens(texts[i : i + CHUNK_TEXTS]), token_weights)
+                    for i in range(0, len(texts), CHUNK_TEXTS)
+                ]
+            )
+        return self.finish(means, normalize=normalize, dimensions=dimensions, precision=precision, inplace=True)
+
+    def encode_one(self, text: str, **options: object) -> np.ndarray:
+        """One text's vector, 1-D."""
+        return self.encode([text], **options)[0]  # type: ignore[arg-type]
+
+    def finish(
+        self,
+        means: np.ndarray,
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        precision: Precision = "float32",
+        inplace: bool = False,
+    ) -> np.ndarray:
+        """Mean vectors from `pool` to the requested output (see `encode`); `inplace` may reuse `means`."""
+        normalize = self.normalize if normalize is None else normalize
+        ranges = self.calibration_ranges(dimensions, normalize) if precision in ("int8", "uint8") else None
+        return finish(
+            means, normalize_rows=normalize, dimensions=dimensions, precision=precision, ranges=ranges, inplace=inplace
+        )
+
+    def check_options(self, dimensions: int | None, precision: str) -> None:
+        if dimensions is not None and not 1 <= dimensions <= self.dim:
+            raise ValueError(f"dimensions must be between 1 and {self.dim}, got {dimensions}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+    def calibration_ranges(self, dimensions: int | None, normalize: bool) -> np.ndarray:
+        """Per-dimension (low, high) of every vocabulary token encoded alone: fixed int8/uint8 ranges per model."""
+        key = (dimensions or self.dim, normalize)
+        if key not in self._ranges:
+            vocab = self.vocab_size
+            every_token = TokenBatch(np.arange(vocab, dtype=np.int32), np.arange(vocab + 1, dtype=np.int64))
+            vectors = finish(self.pool(every_token), normalize_rows=normalize, dimensions=dimensions)
+            self._ranges[key] = np.stack([vectors.min(axis=0), vectors.max(axis=0)])
+        return self._ranges[key]
+
+    def similarity(self, a: str | Sequence[str], b: str | Sequence[str]) -> np.ndarray:
+        """Cosine similarity matrix between the texts of `a` and of `b`."""
+        left = self.encode([a] if isinstance(a, str) else a, normalize=True)
+        right = self.encode([b] if isinstance(b, str) else b, normalize=True)
+        return left @ right.T

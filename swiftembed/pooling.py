@@ -1,0 +1,145 @@
+"""The pooling kernel: token ids in, sentence vectors out, for a whole batch in one call.
+
+A batch of texts is a sparse (texts x vocabulary) matrix whose entries are token weights, so the sum of
+every text's rows is one sparse-dense product with the table; no Python loop runs per text. Means, L2
+normalization, `dimensions` truncation and output quantization are then whole-array numpy operations.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from typing import Literal
+
+import numpy as np
+from scipy.sparse import csr_matrix
+
+from swiftembed.tokenizer import TokenBatch
+
+Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
+PRECISIONS: tuple[str, ...] = ("float32", "int8", "uint8", "binary", "ubinary")
+
+# Below this many texts a dense gather beats building a sparse matrix (scipy's per-call overhead).
+_DENSE_BELOW = 4
+# From this many tokens the product is split over threads (scipy's kernel releases the GIL).
+_THREADED_FROM = 32_768
+_THREADS = min(os.cpu_count() or 1, 4)
+
+
+@cache
+def _pool_executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_THREADS, thread_name_prefix="swiftembed-pool")
+
+
+def mean_pool(
+    table: np.ndarray,
+    batch: TokenBatch,
+    *,
+    rows: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """Mean of each text's token rows, float32 (n, dim). A text with no tokens gets the zero vector.
+
+    A token's row is `table[rows[id]] * weights[id]` (`rows` = vocabulary-quantization mapping, `weights` =
+    model or caller per-token weights); the mean divides by the token count, as model2vec does.
+    """
+    n = len(batch)
+    counts = batch.lengths
+    cols = batch.ids if rows is None else rows[batch.ids]
+    if n < _DENSE_BELOW:
+        out = np.zeros((n, table.shape[1]), dtype=np.float32)
+        for i in range(n):
+            lo, hi = batch.offsets[i], batch.offsets[i + 1]
+            if hi > lo:
+                gathered = table[cols[lo:hi]].astype(np.float32, copy=False)
+                if weights is not None:
+                    gathered = gathered * weights[batch.ids[lo:hi], None]
+                out[i] = gathered.sum(axis=0, dtype=np.float32)
+    else:
+        data = np.ones(len(cols), dtype=np.float32) if weights is None else weights[batch.ids].astype(np.float32)
+        out = np.empty((n, table.shape[1]), dtype=np.float32)
+        table = _as_float32(table)
+        if len(cols) < _THREADED_FROM or _THREADS == 1:
+            _sparse_sum(table, data, cols, batch.offsets, 0, n, out)
+        else:
+            # Row blocks with about equal token counts, one per thread.
+            cuts = np.searchsorted(batch.offsets, np.linspace(0, len(cols), _THREADS + 1)[1:-1])
+            bounds = [0, *sorted(set(cuts.tolist()) - {0, n}), n]
+            jobs = [
+                _pool_executor().submit(_sparse_sum, table, data, cols, batch.offsets, lo, hi, out)
+                for lo, hi in zip(bounds[:-1], bounds[1:])
+            ]
+            for job in jobs:
+                job.result()
+    np.divide(out, np.maximum(counts, 1)[:, None].astype(np.float32), out=out)
+    return out
+
+
+def _sparse_sum(
+    table: np.ndarray, data: np.ndarray, cols: np.ndarray, offsets: np.ndarray, lo: int, hi: int, out: np.ndarray
+) -> None:
+    """Row sums of texts lo:hi into out[lo:hi] as one sparse (texts x vocabulary) @ table product."""
+    start, stop = offsets[lo], offsets[hi]
+    matrix = csr_matrix((data[start:stop], cols[start:stop], offsets[lo : hi + 1] - start), shape=(hi - lo, len(table)))
+    out[lo:hi] = matrix @ table
+
+
+def _as_float32(table: np.ndarray) -> np.ndarray:
+    # int8 and float16 tables are widened once per call; Embedder keeps a float32 copy to avoid even that.
+    return table if table.dtype == np.float32 else table.astype(np.float32)
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalize rows in place (zero rows stay zero), with model2vec's epsilon."""
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    norms += np.float32(1e-32)
+    np.divide(vectors, norms[:, None], out=vectors)
+    return vectors
+
+
+def finish(
+    means: np.ndarray,
+    *,
+    normalize_rows: bool = True,
+    dimensions: int | None = None,
+    precision: Precision = "float32",
+    ranges: np.ndarray | None = None,
+    inplace: bool = False,
+) -> np.ndarray:
+    """Mean vectors to what the caller asked for: first `dimensions` dims, normalized, quantized.
+
+    `means` is modified only if `inplace`. Quantizing to int8/uint8 needs `ranges` (2 x dim: low, high).
+    """
+    vectors = means if dimensions is None or dimensions >= means.shape[1] else means[:, :dimensions]
+    if not (inplace and vectors.flags.c_contiguous):
+        vectors = np.array(vectors, dtype=np.float32, copy=True)
+    if normalize_rows:
+        normalize(vectors)
+    if precision == "float32":
+        return vectors
+    return quantize(vectors, precision, ranges)
+
+
+def quantize(vectors: np.ndarray, precision: Precision, ranges: np.ndarray | None = None) -> np.ndarray:
+    """sentence-transformers' `quantize_embeddings` meanings, with fixed calibration ranges.
+
+    binary/ubinary pack the sign bits (binary as int8, offset by -128); int8/uint8 map each dimension's
+    [low, high] range onto 256 steps. Unlike sentence-transformers, values outside the range are clipped
+    rather than wrapped, and the ranges are fixed per model, so a text's code does not depend on its batch.
+    """
+    if precision == "ubinary":
+        return np.packbits(vectors > 0, axis=-1)
+    if precision == "binary":
+        return (np.packbits(vectors > 0, axis=-1).astype(np.int16) - 128).astype(np.int8)
+    if precision not in ("int8", "uint8"):
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if ranges is None:
+        raise ValueError(f"precision {precision!r} needs calibration ranges")
+    starts = ranges[0, : vectors.shape[1]]
+    steps = (ranges[1, : vectors.shape[1]] - starts) / 255
+    steps = np.where(steps > 0, steps, np.float32(1))
+    scaled = np.clip((vectors - starts) / steps, 0, 255)
+    if precision == "uint8":
+        return scaled.astype(np.uint8)
+    return (scaled - 128).astype(np.int8)
