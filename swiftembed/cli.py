@@ -26,6 +26,7 @@ from swiftembed.bulk import (
 from swiftembed.embedder import Embedder
 from swiftembed.model import ModelError
 from swiftembed.pooling import PRECISIONS
+from swiftembed.settings import Settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_encode(commands)
     _add_info(commands)
+    _add_serve(commands)
     return parser
 
 
@@ -158,6 +160,49 @@ def _run_info(args: argparse.Namespace) -> int:
         "version": __version__,
     }
     print(json.dumps(facts, indent=2))
+    return 0
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser(
+        "serve",
+        help="run the HTTP service (Ray Serve on a local Ray by default; --standalone for one process)",
+        description="Limits and auth also read SWIFTEMBED_* environment variables (see Settings); flags win.",
+    )
+    p.add_argument("--standalone", action="store_true", help="one uvicorn process, no Ray")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY (or SWIFTEMBED_API_KEY)")
+    p.add_argument("--max-texts", type=int, help="texts per request (default 2048)")
+    p.add_argument("--max-chars", type=int, help="characters per text (default 100000)")
+    p.add_argument("--long-text", choices=("truncate", "reject"), help="texts over --max-chars (default truncate)")
+    p.add_argument("--max-body-bytes", type=int, help="JSON request body limit (default 16 MiB)")
+    p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allow this CORS origin (repeatable)")
+    add_model_options(p)
+    p.set_defaults(run=_run_serve)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        api_key=args.api_key,
+        max_texts=args.max_texts,
+        max_chars=args.max_chars,
+        long_text=args.long_text,
+        max_body_bytes=args.max_body_bytes,
+        cors_origins=tuple(args.cors_origins) if args.cors_origins else None,
+    )
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if args.standalone:
+        from swiftembed.standalone import run_standalone
+
+        run_standalone(load_embedder(args), settings, host=args.host, port=args.port)
+        return 0
+    from swiftembed.serve import run_local
+
+    run_local(model=args.model, max_tokens=args.max_tokens, settings=settings, host=args.host, port=args.port)
     return 0
 
 

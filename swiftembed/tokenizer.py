@@ -99,6 +99,12 @@ class TextTokenizer:
         batch = TokenBatch.from_lists(id_lists)
         return batch if self.unk_id is None else _drop_id(batch, self.unk_id)
 
+    def from_ids(self, id_lists: Sequence[Sequence[int]]) -> TokenBatch:
+        """Caller-given token ids, treated as tokenized text is: truncated to `max_tokens`, unknown id dropped."""
+        limit = self.max_tokens
+        batch = TokenBatch.from_lists([ids if limit is None else ids[:limit] for ids in id_lists])
+        return batch if self.unk_id is None else _drop_id(batch, self.unk_id)
+
     def _slow(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []

@@ -1,0 +1,431 @@
+"""The HTTP API: a plain ASGI (Starlette) app that knows nothing of Ray.
+
+Routes parse and validate with `wire`, hand texts to a `Backend` for tokenization and pooling (in-process here;
+the Ray layer plugs in a batching one), then finish and encode the vectors per request. A small ASGI front
+door adds auth, the concurrency bound, timing headers and metrics around every route.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import numpy as np
+import orjson
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from swiftembed import __version__, wire
+from swiftembed.embedder import Embedder
+from swiftembed.metrics import Metrics, NoMetrics
+from swiftembed.openapi import openapi_spec
+from swiftembed.settings import Settings
+from swiftembed.wire import ApiError
+
+log = logging.getLogger("swiftembed")
+
+JSON = "application/json"
+OCTET = "application/octet-stream"
+JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines", "application/json-lines")
+OPEN_PATHS = frozenset({"/health", "/metrics"})
+JSONL_CHUNK = 1024  # lines encoded per kernel call on /embed/jsonl
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """Unnormalized mean vectors and token counts of a request's texts, in order."""
+
+    means: np.ndarray
+    tokens: np.ndarray
+
+
+class Backend(Protocol):
+    """Where texts are tokenized and pooled: in-process, or batched across requests by the Ray layer."""
+
+    async def pool(self, texts: list[str]) -> Pooled: ...
+
+
+class LocalBackend:
+    """In-process pooling; large requests run in a worker thread so they do not stall the event loop."""
+
+    def __init__(self, embedder: Embedder, offload_from: int = 64) -> None:
+        self.embedder = embedder
+        self.offload_from = offload_from
+
+    async def pool(self, texts: list[str]) -> Pooled:
+        if len(texts) < self.offload_from:
+            return self.pool_now(texts)
+        return await anyio.to_thread.run_sync(self.pool_now, texts)
+
+    def pool_now(self, texts: list[str]) -> Pooled:
+        batch = self.embedder.tokens(texts)
+        return Pooled(self.embedder.pool(batch), batch.lengths)
+
+
+def create_app(
+    embedder: Embedder,
+    *,
+    backend: Backend | None = None,
+    settings: Settings | None = None,
+    metrics: Metrics | None = None,
+) -> Starlette:
+    """The SwiftEmbed ASGI app around one model."""
+    api = EmbeddingApi(embedder, backend or LocalBackend(embedder), settings or Settings(), metrics or NoMetrics())
+    return api.app
+
+
+class EmbeddingApi:
+    def __init__(self, embedder: Embedder, backend: Backend, settings: Settings, metrics: Metrics) -> None:
+        self.embedder, self.backend, self.settings, self.metrics = embedder, backend, settings, metrics
+        self.ready = True
+        routes = [
+            Route("/v1/embeddings", self.openai_embeddings, methods=["POST"]),
+            Route("/embed", self.embed, methods=["POST"]),
+            Route("/embed/jsonl", self.embed_jsonl, methods=["POST"]),
+            Route("/similarity", self.similarity, methods=["POST"]),
+            Route("/tokenize", self.tokenize, methods=["POST"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/info", self.info, methods=["GET"]),
+            Route("/metrics", self.metrics_route, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+        ]
+        self.paths = frozenset(route.path for route in routes)
+        middleware = [Middleware(FrontDoor, api=self)]
+        if settings.cors_origins:
+            middleware.append(
+                Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Accept"])
+            )
+        self.app = Starlette(
+            routes=routes,
+            middleware=middleware,
+            exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+        )
+        self._openapi = orjson.dumps(openapi_spec(embedder, settings))
+
+    # Embedding routes --------------------------------------------------------------------------------------
+    async def openai_embeddings(self, request: Request) -> Response:
+        body = await self.read_json(request)
+        req = wire.parse_openai(body, self.settings, self.embedder.dim, self.embedder.vocab_size)
+        if req.texts is not None:
+            pooled = await self.backend.pool(req.texts)
+        else:
+            batch = self.embedder.tokenizer.from_ids(req.token_ids or [])
+            pooled = Pooled(self.embedder.pool(batch), batch.lengths)
+        vectors = self.embedder.finish(pooled.means, dimensions=req.options.dimensions, inplace=True)
+        tokens = self.account(request, len(vectors), pooled)
+        return Response(wire.openai_body(vectors, self.embedder.model_id, tokens, req.encoding_format), media_type=JSON)
+
+    async def embed(self, request: Request) -> Response:
+        body = await self.read_json(request)
+        style: wire.ErrorStyle = "tei" if "inputs" in body else "openai"
+        try:
+            req, style = wire.parse_embed(body, self.settings, self.embedder.dim)
+        except ApiError as error:
+            return _error_response(error, style)
+        assert req.texts is not None
+        pooled = await self.backend.pool(req.texts)
+        vectors = self.embedder.finish(
+            pooled.means, normalize=req.options.normalize, dimensions=req.options.dimensions, inplace=True
+        )
+        tokens = self.account(request, len(vectors), pooled)
+        if _accepts_octet_stream(request):
+            return Response(
+                wire.raw_body(vectors),
+                media_type=OCTET,
+                headers={
+                    "X-Embedding-Count": str(vectors.shape[0]),
+                    "X-Embedding-Dimension": str(vectors.shape[1]),
+                    "X-Embedding-Dtype": "float32-le",
+                },
+            )
+        if style == "tei":
+            return Response(wire.json_bytes(vectors), media_type=JSON)
+        payload = {"embeddings": vectors, "model": self.embedder.model_id, "dimensions": vectors.shape[1], "tokens": tokens}
+        return Response(wire.json_bytes(payload), media_type=JSON)
+
+    async def embed_jsonl(self, request: Request) -> Response:
+        content_type = _media_type(request)
+        if content_type not in JSONL_TYPES:
+            raise ApiError(415, f"/embed/jsonl takes Content-Type application/jsonl, got {content_type or 'none'}",
+                           code="unsupported_media_type")
+        self.check_length(request, self.settings.max_jsonl_bytes)
+        return JsonLinesResponse(self.jsonl_lines(request))
+
+    async def jsonl_lines(self, request: Request) -> AsyncIterator[bytes]:
+        """Answer line for line, in order, encoding JSONL_CHUNK lines per kernel call: memory stays bounded.
+
+        A malformed line gets an error line at its index and the stream goes on; a broken limit ends it.
+        """
+        pending: list[tuple[int, str]] = []
+        index = texts = tokens = 0
+        try:
+            async for raw in _lines(request, self.settings.max_jsonl_bytes):
+                if not raw.strip():
+                    continue
+                if index >= self.settings.max_jsonl_lines:
+                    raise ApiError(413, f"more than {self.settings.max_jsonl_lines} lines", code="too_many_texts")
+                try:
+                    pending.append((index, self.jsonl_text(raw)))
+                    error = None
+                except ApiError as exc:
+                    error = exc
+                index += 1
+                if error is not None or len(pending) >= JSONL_CHUNK:
+                    body, count = await self.encode_jsonl(pending)
+                    texts, tokens, pending = texts + len(pending), tokens + count, []
+                    yield body + (wire.jsonl_error_line(index - 1, error) if error is not None else b"")
+            body, count = await self.encode_jsonl(pending)
+            texts, tokens = texts + len(pending), tokens + count
+            yield body
+        except ApiError as error:
+            yield wire.jsonl_error_line(index, error)
+        finally:
+            request.state.texts = texts
+            request.state.tokens = tokens
+
+    def jsonl_text(self, raw: bytes) -> str:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, f"line is not valid JSON: {exc}", code="invalid_json") from None
+        text = value.get("text") if isinstance(value, dict) else value if isinstance(value, str) else None
+        if not isinstance(text, str):
+            raise wire.invalid('each line must be {"text": string}', "text")
+        return wire.text(text, "text", self.settings)
+
+    async def encode_jsonl(self, pending: list[tuple[int, str]]) -> tuple[bytes, int]:
+        if not pending:
+            return b"", 0
+        pooled = await self.backend.pool([text for _, text in pending])
+        vectors = self.embedder.finish(pooled.means, inplace=True)
+        return b"".join(wire.jsonl_line(i, row) for (i, _), row in zip(pending, vectors)), int(pooled.tokens.sum())
+
+    async def similarity(self, request: Request) -> Response:
+        body = await self.read_json(request)
+        left, right, pairwise = wire.parse_similarity(body, self.settings)
+        pooled = await self.backend.pool(left + right)
+        vectors = self.embedder.finish(pooled.means, normalize=True, inplace=True)
+        a, b = vectors[: len(left)], vectors[len(left) :]
+        scores = np.einsum("ij,ij->i", a, b) if pairwise else b @ a[0]
+        self.account(request, len(vectors), pooled)
+        return Response(wire.json_bytes({"scores": scores}), media_type=JSON)
+
+    async def tokenize(self, request: Request) -> Response:
+        body = await self.read_json(request)
+        texts = wire.parse_tokenize(body, self.settings)
+        ids = self.embedder.tokenize(texts)
+        request.state.texts = len(texts)
+        request.state.tokens = sum(map(len, ids))
+        tokens = wire.token_strings(ids, self.embedder.tokenizer.id_to_token)
+        return Response(wire.json_bytes({"ids": ids, "tokens": tokens}), media_type=JSON)
+
+    # Service routes ----------------------------------------------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        if not self.ready:
+            return Response(b'{"status":"loading"}', status_code=503, media_type=JSON)
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+    async def info(self, request: Request) -> Response:
+        e = self.embedder
+        facts = {
+            "model": e.model_id,
+            "checksum": e.checksum,
+            "dimension": e.dim,
+            "vocab_size": e.vocab_size,
+            "max_tokens": e.max_tokens,
+            "normalize": e.normalize,
+            "table_dtype": str(e.model.embeddings.dtype),
+            "limits": self.settings.public(),
+            "version": __version__,
+        }
+        return Response(wire.json_bytes(facts), media_type=JSON)
+
+    async def metrics_route(self, request: Request) -> Response:
+        exposition = self.metrics.exposition()
+        if exposition is None:
+            raise ApiError(404, "metrics are exported by the serving system (Ray), not by this route",
+                           type="not_found_error", code="not_found")
+        body, content_type = exposition
+        return Response(body, media_type=content_type)
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(self._openapi, media_type=JSON)
+
+    # Helpers -----------------------------------------------------------------------------------------------
+    def account(self, request: Request, texts: int, pooled: Pooled) -> int:
+        tokens = int(pooled.tokens.sum())
+        request.state.texts = texts
+        request.state.tokens = tokens
+        return tokens
+
+    def check_length(self, request: Request, limit: int) -> None:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise ApiError(413, f"request body is larger than the limit of {limit} bytes", code="payload_too_large")
+
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        content_type = _media_type(request)
+        if content_type and content_type != JSON and not content_type.endswith("+json"):
+            raise ApiError(415, f"Content-Type must be application/json, got {content_type}",
+                           code="unsupported_media_type")
+        limit = self.settings.max_body_bytes
+        self.check_length(request, limit)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"request body is larger than the limit of {limit} bytes",
+                                   code="payload_too_large")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ApiError(400, "the request body ended before its declared length", code="incomplete_body") from None
+        return wire.parse_json(b"".join(chunks))
+
+
+async def _lines(request: Request, limit: int) -> AsyncIterator[bytes]:
+    buffer = b""
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body is larger than the limit of {limit} bytes",
+                               code="payload_too_large")
+            buffer += chunk
+            if b"\n" in buffer:
+                *complete, buffer = buffer.split(b"\n")
+                for line in complete:
+                    yield line
+    except ClientDisconnect:
+        raise ApiError(400, "the request body ended before its declared length", code="incomplete_body") from None
+    if buffer:
+        yield buffer
+
+
+class JsonLinesResponse(Response):
+    """Streams JSON lines while the request body is still being read.
+
+    Starlette's StreamingResponse may listen for disconnects on `receive`, which would steal the body chunks
+    this response's own iterator reads; this one only sends.
+    """
+
+    media_type = "application/jsonl"
+
+    def __init__(self, lines: AsyncIterator[bytes]) -> None:
+        super().__init__(media_type=self.media_type)
+        self.lines = lines
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async for chunk in self.lines:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class FrontDoor:
+    """Auth, the concurrency bound, X-Processing-Time-Ms / X-Token-Count headers and metrics, for every route."""
+
+    def __init__(self, app: ASGIApp, api: EmbeddingApi) -> None:
+        self.app, self.api = app, api
+        key = api.settings.api_key
+        self.expected = f"Bearer {key}".encode() if key else None
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        path = scope["path"]
+        route = path if path in self.api.paths else "other"
+        state: dict[str, Any] = scope.setdefault("state", {})
+        status = 500
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Processing-Time-Ms"] = f"{(time.perf_counter() - start) * 1e3:.3f}"
+                headers["X-Token-Count"] = str(state.get("tokens", 0))
+            await send(message)
+
+        try:
+            error = self.refuse(scope, path)
+            if error is not None:
+                await _send_error(error, send_with_headers)
+                return
+            self.in_flight += 1
+            try:
+                await self.app(scope, receive, send_with_headers)
+            finally:
+                self.in_flight -= 1
+        finally:
+            latency = (time.perf_counter() - start) * 1e3
+            self.api.metrics.request(route, status, latency, state.get("texts", 0), state.get("tokens", 0))
+
+    def refuse(self, scope: Scope, path: str) -> ApiError | None:
+        if self.expected is not None and path not in OPEN_PATHS:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                return ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)",
+                                type="authentication_error", code="invalid_api_key",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if self.in_flight >= self.api.settings.max_concurrency:
+            return ApiError(503, "server is at capacity; retry shortly", type="server_overloaded",
+                            code="overloaded", headers={"Retry-After": "1"})
+        return None
+
+
+async def _send_error(error: ApiError, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    body = error.body()
+    headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error_response(error: ApiError, style: wire.ErrorStyle = "openai") -> Response:
+    return Response(error.body(style), status_code=error.status, media_type=JSON, headers=error.headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = {404: "not_found_error", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request_error")
+    error = ApiError(exc.status_code, str(exc.detail), type=kind, code=kind, headers=dict(exc.headers or {}))
+    return _error_response(error)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _error_response(ApiError(500, "internal error", type="server_error", code="internal_error"))
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _accepts_octet_stream(request: Request) -> bool:
+    return OCTET in request.headers.get("accept", "")
+

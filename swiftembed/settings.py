@@ -1,0 +1,73 @@
+"""Service settings: request limits, auth, CORS. One dataclass, filled from flags or SWIFTEMBED_* variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+LongTextPolicy = Literal["truncate", "reject"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Limits are on by default so no request can make a replica hold unbounded memory.
+
+    max_texts: texts per request (OpenAI's own limit is 2048).
+    max_chars: characters per text; longer texts are cut (`truncate`) or refused with 422 (`reject`).
+        Tokenization cuts at `max_tokens x median token length` characters anyway, so cutting here never
+        changes a vector unless `max_chars` is set below that (about 3,000 for potion-base-8M).
+    max_body_bytes: request body of the JSON routes; 413 beyond it.
+    max_jsonl_bytes / max_jsonl_lines: the streamed /embed/jsonl route.
+    api_key: when set, every route but /health and /metrics needs `Authorization: Bearer <key>`.
+    cors_origins: CORS is off unless origins are listed.
+    max_concurrency: requests handled at once by one standalone server; beyond it 503 + Retry-After.
+    """
+
+    max_texts: int = 2048
+    max_chars: int = 100_000
+    long_text: LongTextPolicy = "truncate"
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_jsonl_bytes: int = 256 * 1024 * 1024
+    max_jsonl_lines: int = 1_000_000
+    api_key: str | None = field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()
+    max_concurrency: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_texts", "max_chars", "max_body_bytes", "max_jsonl_bytes", "max_jsonl_lines", "max_concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if self.long_text not in ("truncate", "reject"):
+            raise ValueError("long_text must be 'truncate' or 'reject'")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """SWIFTEMBED_MAX_TEXTS, SWIFTEMBED_API_KEY, SWIFTEMBED_CORS_ORIGINS (comma-separated), ...; then overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for item in dataclasses.fields(cls):
+            raw = env.get(f"SWIFTEMBED_{item.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            if item.name == "cors_origins":
+                values[item.name] = tuple(o.strip() for o in raw.split(",") if o.strip())
+            elif item.name in ("api_key", "long_text"):
+                values[item.name] = raw
+            else:
+                values[item.name] = int(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def public(self) -> dict[str, object]:
+        """What /info shows: the limits, never the key."""
+        return {
+            "max_texts": self.max_texts,
+            "max_chars": self.max_chars,
+            "long_text": self.long_text,
+            "max_body_bytes": self.max_body_bytes,
+            "max_jsonl_bytes": self.max_jsonl_bytes,
+            "max_jsonl_lines": self.max_jsonl_lines,
+            "auth": self.api_key is not None,
+        }

@@ -1,0 +1,261 @@
+"""Wire formats: parse and validate request bodies, encode vectors as JSON, base64, raw float32 or JSON lines.
+
+Parsing turns any malformed or out-of-bounds input into an `ApiError` with its HTTP status, so handlers never
+see bad data and never answer 500 for it. Vectors are written straight from numpy: orjson serializes arrays
+without a Python list in between, base64 and raw bodies are the array's own bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+
+from swiftembed.settings import Settings
+
+ErrorStyle = Literal["openai", "tei"]
+
+
+class ApiError(Exception):
+    """A client-facing error: HTTP status, message, and the OpenAI envelope's type/param/code."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self, style: ErrorStyle = "openai") -> bytes:
+        if style == "tei":
+            return orjson.dumps({"error": self.message, "error_type": _TEI_TYPES.get(self.status, "Validation")})
+        return orjson.dumps(
+            {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        )
+
+
+_TEI_TYPES = {400: "Validation", 401: "Unauthorized", 413: "Validation", 422: "Validation", 429: "Overloaded",
+              503: "Unhealthy"}
+
+
+def invalid(message: str, param: str | None = None) -> ApiError:
+    return ApiError(422, message, param=param, code="invalid_value")
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """A JSON object, or 400 (not JSON) / 422 (JSON but not an object)."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(value, dict):
+        raise invalid(f"request body must be a JSON object, got {_kind(value)}")
+    return value
+
+
+def _kind(value: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+# Requests ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Options:
+    """What a request asks of the vectors, beyond the texts."""
+
+    normalize: bool | None = None
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """Texts (or, for OpenAI, token id lists) to embed, with how to answer."""
+
+    texts: list[str] | None
+    token_ids: list[list[int]] | None
+    options: Options
+    single: bool = False  # the input was one string, not a list (TEI answers a list either way)
+    encoding_format: str = "float"
+    model: str | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.texts if self.texts is not None else self.token_ids or [])
+
+
+def _texts(value: object, param: str, settings: Settings, *, allow_single: bool = True) -> tuple[list[str], bool]:
+    if isinstance(value, str) and allow_single:
+        return [text(value, param, settings)], True
+    if not isinstance(value, list):
+        raise invalid(f"'{param}' must be {'a string or ' if allow_single else ''}a list of strings", param)
+    if not value:
+        raise invalid(f"'{param}' must not be empty", param)
+    if len(value) > settings.max_texts:
+        raise ApiError(
+            413, f"'{param}' has {len(value)} texts; the limit is {settings.max_texts} per request", param=param,
+            code="too_many_texts",
+        )
+    return [text(item, f"{param}[{i}]", settings) for i, item in enumerate(value)], False
+
+
+def text(value: object, param: str, settings: Settings) -> str:
+    if not isinstance(value, str):
+        raise invalid(f"'{param}' must be a string, got {_kind(value)}", param)
+    if len(value) > settings.max_chars:
+        if settings.long_text == "reject":
+            raise invalid(f"'{param}' has {len(value)} characters; the limit is {settings.max_chars}", param)
+        return value[: settings.max_chars]
+    return value
+
+
+def _dimensions(value: object, dim: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= dim:
+        raise invalid(f"'dimensions' must be an integer from 1 to {dim}", "dimensions")
+    return value
+
+
+def _flag(value: object, param: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise invalid(f"'{param}' must be a boolean", param)
+
+
+def parse_openai(obj: dict[str, Any], settings: Settings, dim: int, vocab_size: int) -> EmbedRequest:
+    """OpenAI /v1/embeddings: `input` is a string, strings, a token id list, or token id lists."""
+    if "input" not in obj:
+        raise invalid("'input' is required", "input")
+    value = obj["input"]
+    encoding_format = obj.get("encoding_format") or "float"
+    if encoding_format not in ("float", "base64"):
+        raise invalid("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+    model = obj.get("model")
+    if model is not None and not isinstance(model, str):
+        raise invalid("'model' must be a string", "model")
+    user = obj.get("user")
+    if user is not None and not isinstance(user, str):
+        raise invalid("'user' must be a string", "user")
+    options = Options(dimensions=_dimensions(obj.get("dimensions"), dim))
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return EmbedRequest(None, [_token_ids(value, "input", vocab_size)], options, True, encoding_format, model)
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        if len(value) > settings.max_texts:
+            raise ApiError(413, f"'input' has {len(value)} token lists; the limit is {settings.max_texts}",
+                           param="input", code="too_many_texts")
+        ids = [_token_ids(v, f"input[{i}]", vocab_size) for i, v in enumerate(value)]
+        return EmbedRequest(None, ids, options, False, encoding_format, model)
+    texts, single = _texts(value, "input", settings)
+    return EmbedRequest(texts, None, options, single, encoding_format, model)
+
+
+def _token_ids(value: list[Any], param: str, vocab_size: int) -> list[int]:
+    if not value:
+        raise invalid(f"'{param}' must not be empty", param)
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise invalid(f"'{param}' must hold integers", param)
+        if not 0 <= v < vocab_size:
+            raise invalid(f"'{param}' holds token id {v}, outside the vocabulary [0, {vocab_size})", param)
+    return value
+
+
+def parse_embed(obj: dict[str, Any], settings: Settings, dim: int) -> tuple[EmbedRequest, ErrorStyle]:
+    """POST /embed: SwiftEmbed's `{"texts": [...]}` or TEI's `{"inputs": str | [str], ...}`."""
+    if "inputs" in obj:  # TEI: normalize defaults to true; `truncate` is accepted (we always truncate)
+        texts, single = _texts(obj["inputs"], "inputs", settings)
+        _flag(obj.get("truncate"), "truncate")
+        normalize = _flag(obj.get("normalize"), "normalize")
+        options = Options(normalize=True if normalize is None else normalize, dimensions=_dimensions(obj.get("dimensions"), dim))
+        return EmbedRequest(texts, None, options, single), "tei"
+    if "texts" not in obj:
+        raise invalid("'texts' (or TEI's 'inputs') is required", "texts")
+    texts, single = _texts(obj["texts"], "texts", settings, allow_single=False)
+    options = Options(normalize=_flag(obj.get("normalize"), "normalize"), dimensions=_dimensions(obj.get("dimensions"), dim))
+    return EmbedRequest(texts, None, options, single), "openai"
+
+
+def parse_similarity(obj: dict[str, Any], settings: Settings) -> tuple[list[str], list[str], bool]:
+    """`{"source": str, "targets": [str]}` (one against many) or `{"pairs": [[a, b], ...]}`.
+
+    Returns (left texts, right texts, pairwise): pairwise scores left[i]·right[i], else source vs each target.
+    """
+    if "pairs" in obj:
+        pairs = obj["pairs"]
+        if not isinstance(pairs, list) or not pairs:
+            raise invalid("'pairs' must be a non-empty list of [text, text] pairs", "pairs")
+        if len(pairs) * 2 > settings.max_texts:
+            raise ApiError(413, f"'pairs' has {len(pairs)} pairs; the limit is {settings.max_texts // 2}",
+                           param="pairs", code="too_many_texts")
+        left, right = [], []
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise invalid(f"'pairs[{i}]' must be a list of two strings", "pairs")
+            left.append(text(pair[0], f"pairs[{i}][0]", settings))
+            right.append(text(pair[1], f"pairs[{i}][1]", settings))
+        return left, right, True
+    if "source" not in obj or "targets" not in obj:
+        raise invalid("give 'source' and 'targets', or 'pairs'", "source")
+    source = text(obj["source"], "source", settings)
+    targets, _ = _texts(obj["targets"], "targets", settings, allow_single=False)
+    return [source], targets, False
+
+
+def parse_tokenize(obj: dict[str, Any], settings: Settings) -> list[str]:
+    key = "texts" if "texts" in obj else "inputs"
+    if key not in obj:
+        raise invalid("'texts' is required", "texts")
+    return _texts(obj[key], key, settings)[0]
+
+
+# Responses -----------------------------------------------------------------------------------------------------
+def json_bytes(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def openai_body(vectors: np.ndarray, model: str, tokens: int, encoding_format: str) -> bytes:
+    if encoding_format == "base64":
+        data = [
+            {"object": "embedding", "index": i, "embedding": base64.b64encode(_le_f32(row)).decode("ascii")}
+            for i, row in enumerate(vectors)
+        ]
+    else:
+        data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(vectors)]
+    return json_bytes(
+        {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    )
+
+
+def _le_f32(array: np.ndarray) -> memoryview:
+    """Little-endian float32 bytes of `array` (no copy on little-endian machines)."""
+    array = np.ascontiguousarray(array, dtype="<f4")
+    return memoryview(array).cast("B")
+
+
+def raw_body(vectors: np.ndarray) -> memoryview:
+    """Raw little-endian float32, row-major: row i is bytes [i*dim*4, (i+1)*dim*4)."""
+    return _le_f32(vectors)
+
+
+def jsonl_line(index: int, vector: np.ndarray) -> bytes:
+    return orjson.dumps({"index": index, "embedding": vector}, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+
+
+def jsonl_error_line(index: int, error: ApiError) -> bytes:
+    return orjson.dumps({"index": index, "error": {"message": error.message, "type": error.type}}) + b"\n"
+
+
+def token_strings(ids: Sequence[Sequence[int]], id_to_token: Any) -> list[list[str]]:
+    return [[id_to_token(i) or "" for i in row] for row in ids]

@@ -1,0 +1,145 @@
+"""Checks of the HTTP API that hold on every server (standalone uvicorn, Ray Serve): shared by their tests."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+
+TEXTS = ["hello world", "A man with a hard hat is dancing.", "", "Café naïve 東京 🙂", "word " * 600]
+ATOL = 1e-6
+
+
+def check_openai_client(url: str, embedder) -> None:
+    """The official client, default (base64) and float encodings, dimensions, token ids."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+    expected = embedder.encode(TEXTS)
+    for fmt in (None, "float", "base64"):
+        kwargs = {} if fmt is None else {"encoding_format": fmt}
+        result = client.embeddings.create(model="potion-base-8M", input=TEXTS, **kwargs)
+        # The client decodes base64 itself when it chose it (the default); asked for explicitly, it hands it over.
+        rows = [decode_base64(i.embedding) if fmt == "base64" else i.embedding for i in result.data]
+        got = np.array(rows, dtype=np.float32)
+        np.testing.assert_allclose(got, expected, atol=ATOL)
+        assert [item.index for item in result.data] == list(range(len(TEXTS)))
+        assert result.usage.prompt_tokens == sum(map(len, embedder.tokenize(TEXTS)))
+        assert result.model == embedder.model_id
+    small = client.embeddings.create(model="m", input="hello world", dimensions=32, encoding_format="float")
+    np.testing.assert_allclose(small.data[0].embedding, embedder.encode(["hello world"], dimensions=32)[0], atol=ATOL)
+    ids = embedder.tokenize(["hello world", "dancing man"])
+    by_ids = client.embeddings.create(model="m", input=ids, encoding_format="float")
+    np.testing.assert_allclose(
+        [d.embedding for d in by_ids.data], embedder.encode(["hello world", "dancing man"]), atol=ATOL
+    )
+
+
+def check_embed_routes(url: str, embedder) -> None:
+    with httpx.Client(base_url=url, timeout=30) as http:
+        r = http.post("/embed", json={"texts": TEXTS})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        np.testing.assert_allclose(body["embeddings"], embedder.encode(TEXTS), atol=ATOL)
+        assert body["dimensions"] == 256 and body["tokens"] == int(r.headers["x-token-count"])
+        assert float(r.headers["x-processing-time-ms"]) >= 0
+
+        tei = http.post("/embed", json={"inputs": "hello world", "normalize": False})
+        assert tei.status_code == 200
+        np.testing.assert_allclose(tei.json(), [embedder.encode(["hello world"], normalize=False)[0]], rtol=1e-6)
+
+        raw = http.post("/embed", json={"texts": TEXTS, "dimensions": 64}, headers={"Accept": "application/octet-stream"})
+        assert raw.status_code == 200 and raw.headers["content-type"] == "application/octet-stream"
+        count, dim = int(raw.headers["x-embedding-count"]), int(raw.headers["x-embedding-dimension"])
+        assert (count, dim) == (len(TEXTS), 64)
+        vectors = np.frombuffer(raw.content, dtype="<f4").reshape(count, dim)
+        np.testing.assert_allclose(vectors, embedder.encode(TEXTS, dimensions=64), atol=ATOL)
+
+
+def check_jsonl(url: str, embedder, lines: int = 2500) -> None:
+    texts = [f"line number {i} says something" for i in range(lines)]
+    body = b"".join(b'{"text": "%s"}\n' % t.encode() for t in texts[:1000])
+    body += b"this is not json\n\n" + b"".join(b'{"text": "%s"}\n' % t.encode() for t in texts[1000:])
+    with httpx.Client(base_url=url, timeout=60) as http:
+        with http.stream("POST", "/embed/jsonl", content=body, headers={"Content-Type": "application/jsonl"}) as r:
+            assert r.status_code == 200
+            import json
+
+            answers = [json.loads(line) for line in r.iter_lines() if line]
+    assert len(answers) == lines + 1
+    assert [a["index"] for a in answers] == list(range(lines + 1))
+    assert "error" in answers[1000] and "embedding" not in answers[1000]
+    good = [a["embedding"] for a in answers if "embedding" in a]
+    np.testing.assert_allclose(good, embedder.encode(texts), atol=ATOL)
+
+
+def check_similarity_and_tokenize(url: str, embedder) -> None:
+    with httpx.Client(base_url=url, timeout=30) as http:
+        r = http.post("/similarity", json={"source": "a dog runs", "targets": ["a dog runs", "a puppy runs", "tax law"]})
+        assert r.status_code == 200
+        scores = r.json()["scores"]
+        np.testing.assert_allclose(scores, embedder.similarity("a dog runs", ["a dog runs", "a puppy runs", "tax law"])[0],
+                                   atol=ATOL)
+        assert scores[1] > scores[2]
+        pairs = http.post("/similarity", json={"pairs": [["a", "a"], ["dog", "cat"]]}).json()["scores"]
+        assert abs(pairs[0] - 1) < 1e-5 and len(pairs) == 2
+        tok = http.post("/tokenize", json={"texts": ["Hello world!"]}).json()
+        assert tok["ids"] == embedder.tokenize(["Hello world!"])
+        assert tok["tokens"] == [["hello", "world", "!"]]
+
+
+def check_service_routes(url: str, embedder) -> None:
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/health").json() == {"status": "ok"}
+        info = http.get("/info").json()
+        assert info["model"] == embedder.model_id and info["checksum"] == embedder.checksum
+        assert info["dimension"] == 256 and info["max_tokens"] == 512 and info["limits"]["max_texts"] >= 1
+        spec = http.get("/openapi.json").json()
+        assert set(spec["paths"]) == {"/v1/embeddings", "/embed", "/embed/jsonl", "/similarity", "/tokenize",
+                                      "/health", "/info", "/metrics", "/openapi.json"}
+
+
+BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int]] = [
+    # (name, path, body, headers, status)
+    ("malformed json", "/embed", b'{"texts": ["a"', {}, 400),
+    ("not an object", "/embed", b'["a"]', {}, 422),
+    ("null texts", "/embed", b'{"texts": null}', {}, 422),
+    ("empty list", "/embed", b'{"texts": []}', {}, 422),
+    ("nested lists", "/embed", b'{"texts": [["a"]]}', {}, 422),
+    ("number text", "/embed", b'{"texts": [1]}', {}, 422),
+    ("missing field", "/embed", b'{"text": "a"}', {}, 422),
+    ("dimensions zero", "/embed", b'{"texts": ["a"], "dimensions": 0}', {}, 422),
+    ("dimensions too big", "/embed", b'{"texts": ["a"], "dimensions": 257}', {}, 422),
+    ("dimensions not int", "/embed", b'{"texts": ["a"], "dimensions": "8"}', {}, 422),
+    ("bad normalize", "/embed", b'{"inputs": "a", "normalize": "yes"}', {}, 422),
+    ("lone surrogate", "/embed", b'{"texts": ["\\ud800"]}', {}, 400),
+    ("invalid utf-8", "/embed", b'{"texts": ["\xff\xfe"]}', {}, 400),
+    ("wrong content type", "/embed", b'{"texts": ["a"]}', {"Content-Type": "text/plain"}, 415),
+    ("openai missing input", "/v1/embeddings", b'{"model": "m"}', {}, 422),
+    ("openai bad format", "/v1/embeddings", b'{"input": "a", "encoding_format": "int8"}', {}, 422),
+    ("openai token id out of vocab", "/v1/embeddings", b'{"input": [1, 99999999]}', {}, 422),
+    ("openai negative token id", "/v1/embeddings", b'{"input": [[-1]]}', {}, 422),
+    ("openai mixed list", "/v1/embeddings", b'{"input": ["a", 1]}', {}, 422),
+    ("similarity bad pairs", "/similarity", b'{"pairs": [["a"]]}', {}, 422),
+    ("jsonl wrong type", "/embed/jsonl", b'{"text": "a"}\n', {"Content-Type": "application/json"}, 415),
+    ("unknown route", "/nope", b"{}", {}, 404),
+]
+
+
+def check_bad_requests(url: str) -> None:
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for name, path, body, headers, status in BAD_REQUESTS:
+            r = http.post(path, content=body, headers={"Content-Type": "application/json", **headers})
+            assert r.status_code == status, (name, r.status_code, r.text)
+            error = r.json()["error"]
+            assert (error if isinstance(error, str) else error["message"]), name  # TEI-shaped requests: a string
+            assert "x-processing-time-ms" in r.headers, name
+        assert http.get("/embed").status_code == 405
+        # Still healthy and correct afterwards.
+        assert http.get("/health").status_code == 200
+        assert http.post("/embed", json={"texts": ["still fine"]}).status_code == 200
+
+
+def decode_base64(value: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(value), dtype="<f4")

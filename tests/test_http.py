@@ -1,0 +1,96 @@
+"""The HTTP API on a real uvicorn on 127.0.0.1, driven by the official openai client and httpx."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+
+from tests import api_checks
+from tests.servers import standalone_server
+
+
+@pytest.fixture(scope="module")
+def url():
+    with standalone_server() as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def strict_url():
+    env = {"SWIFTEMBED_API_KEY": "s3cret", "SWIFTEMBED_MAX_BODY_BYTES": "4096", "SWIFTEMBED_MAX_TEXTS": "4"}
+    with standalone_server("--max-chars", "20", "--long-text", "reject", env=env) as base:
+        yield base
+
+
+def test_openai_client(url, embedder):
+    api_checks.check_openai_client(url, embedder)
+
+
+def test_embed_routes(url, embedder):
+    api_checks.check_embed_routes(url, embedder)
+
+
+def test_jsonl_streams_line_for_line(url, embedder):
+    api_checks.check_jsonl(url, embedder)
+
+
+def test_similarity_and_tokenize(url, embedder):
+    api_checks.check_similarity_and_tokenize(url, embedder)
+
+
+def test_service_routes(url, embedder):
+    api_checks.check_service_routes(url, embedder)
+
+
+def test_bad_requests(url):
+    api_checks.check_bad_requests(url)
+
+
+def test_metrics_exposition(url):
+    httpx.post(f"{url}/embed", json={"texts": ["count me", "and me"]})
+    text = httpx.get(f"{url}/metrics").text
+    assert 'swiftembed_requests_total{route="/embed",status="200"}' in text
+    assert "swiftembed_request_latency_ms_bucket" in text and 'le="0.5"' in text
+    assert 'swiftembed_texts_total{route="/embed"}' in text
+
+
+def test_body_that_stops_midway(url):
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"texts\": [\"abc")
+    assert httpx.post(f"{url}/embed", json={"texts": ["after"]}).status_code == 200
+
+
+def test_auth(strict_url):
+    assert httpx.get(f"{strict_url}/health").status_code == 200
+    assert httpx.get(f"{strict_url}/metrics").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        r = httpx.post(f"{strict_url}/embed", json={"texts": ["a"]}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert r.headers["www-authenticate"] == "Bearer"
+    ok = httpx.post(f"{strict_url}/embed", json={"texts": ["a"]}, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    from openai import AuthenticationError, OpenAI
+
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=f"{strict_url}/v1", api_key="wrong", max_retries=0).embeddings.create(model="m", input="a")
+    assert OpenAI(base_url=f"{strict_url}/v1", api_key="s3cret").embeddings.create(model="m", input="a").data
+
+
+def test_limits(strict_url):
+    auth = {"Authorization": "Bearer s3cret"}
+    big = httpx.post(f"{strict_url}/embed", json={"texts": ["x" * 10 for _ in range(400)]}, headers=auth)
+    assert big.status_code == 413 and "4096 bytes" in big.json()["error"]["message"]
+    many = httpx.post(f"{strict_url}/embed", json={"texts": ["a"] * 5}, headers=auth)
+    assert many.status_code == 413 and many.json()["error"]["code"] == "too_many_texts"
+    long = httpx.post(f"{strict_url}/embed", json={"texts": ["y" * 21]}, headers=auth)
+    assert long.status_code == 422 and "20" in long.json()["error"]["message"]
+    tei = httpx.post(f"{strict_url}/embed", json={"inputs": ["y" * 21]}, headers=auth)
+    assert tei.status_code == 422 and tei.json()["error_type"] == "Validation"
+    info = httpx.get(f"{strict_url}/info", headers=auth).json()
+    assert info["limits"] == {"max_texts": 4, "max_chars": 20, "long_text": "reject", "max_body_bytes": 4096,
+                              "max_jsonl_bytes": 268435456, "max_jsonl_lines": 1000000, "auth": True}
+    assert "s3cret" not in httpx.get(f"{strict_url}/openapi.json", headers=auth).text
