@@ -106,3 +106,41 @@ def unigram_tokenizer(pieces: list[str]) -> Tokenizer:
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     return tok
+
+
+class RayServe:
+    """A real local Ray (2 CPUs) with Serve's HTTP proxy on a free loopback port and metrics exported."""
+
+    def __init__(self, http_port: int, metrics_port: int) -> None:
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+
+@pytest.fixture(scope="session")
+def ray_serve():
+    """One Ray + Serve for the whole session: starting Ray costs seconds, so tests share it."""
+    import os
+
+    from tests.servers import free_port
+
+    from swiftembed.serve import NAMESPACE, serve_environment
+
+    os.environ.update(serve_environment("default"))
+    import ray
+    from ray import serve
+
+    http_port, metrics_port = free_port(), free_port()
+    ray.init(
+        num_cpus=2,
+        namespace=NAMESPACE,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    try:
+        yield RayServe(http_port, metrics_port)
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,293 @@
+"""The Ray Serve layer: the HTTP app as a Serve ingress, request batching into one kernel call, a shared table.
+
+- The token table is `ray.put` once by a detached owner actor per model checksum, so it outlives whatever
+  built the application (under `serve deploy` and KubeRay the builder runs in a short-lived task, and an object
+  it puts dies with it). Replicas read it zero-copy from their node's object store; if the owner is gone they
+  start a new one, and if that fails they fall back to their own copy from disk.
+- `@serve.batch` gathers concurrent requests' texts so tokenization and pooling run once per batch; each
+  request then finishes (dimensions, normalization, encoding) its own rows.
+- The same deployment answers `DeploymentHandle` calls: `await handle.embed.remote(texts)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import ray
+from ray import serve
+from ray.serve.metrics import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from swiftembed.app import Pooled, create_app
+from swiftembed.embedder import Embedder
+from swiftembed.metrics import BATCH_BUCKETS, KERNEL_BUCKETS_MS, LATENCY_BUCKETS_MS
+from swiftembed.model import StaticModel, load_model
+from swiftembed.pooling import Precision
+from swiftembed.settings import Settings
+
+log = logging.getLogger("ray.serve")
+
+NAMESPACE = "swiftembed"
+APP_NAME = "swiftembed"
+DEPLOYMENT_NAME = "SwiftEmbed"
+DEFAULT_BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.0}
+# Serve's own latency histograms start at 1 ms by default; a static model lives below that.
+SERVE_LATENCY_BUCKETS_MS = "0.1,0.25,0.5,0.75,1,1.5,2,3,5,7.5,10,20,50,100,250,500,1000,2500,5000,10000"
+# Batches at least this many texts are pooled in a worker thread so the replica's loop keeps accepting requests.
+OFFLOAD_TEXTS = 512
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class TableOwner:
+    """Owns the object-store copy of one model's float32 table; detached, named by the model's checksum."""
+
+    def __init__(self, source: str | None) -> None:
+        model = load_model(source)
+        self.checksum = model.checksum
+        self.ref = ray.put(np.ascontiguousarray(model.embeddings, dtype=np.float32))
+
+    def table(self) -> tuple[str, list[ray.ObjectRef]]:
+        return self.checksum, [self.ref]  # in a list, so Ray hands over the reference, not the array
+
+
+def owner_name(checksum: str) -> str:
+    return f"table-{checksum[:24]}"
+
+
+def shared_table(model: StaticModel, source: str | None, timeout_s: float = 120.0) -> tuple[np.ndarray, str]:
+    """The model's float32 table as a zero-copy, read-only view from the object store (or a private copy)."""
+    name = owner_name(model.checksum)
+    for attempt in (1, 2):
+        owner = None
+        try:
+            owner = TableOwner.options(  # type: ignore[attr-defined]
+                name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+            ).remote(source)
+            checksum, (ref,) = ray.get(owner.table.remote(), timeout=timeout_s)
+            if checksum != model.checksum:
+                raise RuntimeError(f"owner {name} holds checksum {checksum}, expected {model.checksum}")
+            table = ray.get(ref, timeout=timeout_s)
+            return table, "object_store"
+        except Exception as exc:  # owner died, its object was lost, or it could not load the model
+            log.warning("shared table attempt %d for %s failed: %s", attempt, name, exc)
+            if owner is not None:
+                try:
+                    ray.kill(owner)
+                except Exception:
+                    pass
+    log.warning("serving %s from a private copy of its table", model.model_id)
+    return np.ascontiguousarray(model.embeddings, dtype=np.float32), "private"
+
+
+class RayMetrics:
+    """The standalone server's metric names, through Ray's metrics (exported as `ray_<name>`)."""
+
+    def __init__(self) -> None:
+        self.latency = Histogram(
+            "swiftembed_request_latency_ms", description="Request latency in milliseconds",
+            boundaries=list(LATENCY_BUCKETS_MS), tag_keys=("route", "status"),
+        )
+        self.requests = Counter("swiftembed_requests", description="Requests by route and status",
+                                tag_keys=("route", "status"))
+        self.texts = Counter("swiftembed_texts", description="Texts embedded", tag_keys=("route",))
+        self.tokens = Counter("swiftembed_tokens", description="Tokens pooled", tag_keys=("route",))
+        self.batch_size = Histogram("swiftembed_batch_size", description="Texts per kernel call",
+                                    boundaries=list(BATCH_BUCKETS))
+        self.batch_requests = Histogram("swiftembed_batch_requests", description="Requests per kernel call",
+                                        boundaries=list(BATCH_BUCKETS))
+        self.kernel = Histogram("swiftembed_kernel_time_ms", description="Tokenize + pool time per batch (ms)",
+                                boundaries=list(KERNEL_BUCKETS_MS))
+
+    def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int) -> None:
+        tags = {"route": route, "status": str(status)}
+        self.latency.observe(latency_ms, tags=tags)
+        self.requests.inc(1, tags=tags)
+        if texts:
+            self.texts.inc(texts, tags={"route": route})
+        if tokens:
+            self.tokens.inc(tokens, tags={"route": route})
+
+    def exposition(self) -> tuple[bytes, str] | None:
+        return None  # Ray exports these on each node's metrics port
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=64, user_config=DEFAULT_BATCH)
+@serve.ingress()
+class SwiftEmbedDeployment:
+    """One replica: the HTTP app for its ingress, batched pooling behind it, and a handle API."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        max_tokens: int | None = -1,
+        settings: dict[str, Any] | None = None,
+        share_table: bool = True,
+    ) -> None:
+        """`share_table=False` keeps a private table per replica (for comparison, or without an object store)."""
+        loaded = load_model(model)
+        if share_table:
+            table, self.table_source = shared_table(loaded, model)
+        else:
+            table, self.table_source = np.ascontiguousarray(loaded.embeddings, dtype=np.float32), "private"
+        self.largest_batch = 0
+        if loaded.embeddings.dtype == np.float32:
+            loaded = loaded.with_embeddings(table)  # drop the private copy read from disk
+        self.embedder = Embedder(loaded, max_tokens=max_tokens, table=table)
+        self.settings = Settings.from_env(**(settings or {}))
+        self.metrics = RayMetrics()
+        log.info("SwiftEmbed replica ready: %s (%s table)", loaded.model_id, self.table_source)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return bytes_bodies(create_app(self.embedder, backend=self, settings=self.settings, metrics=self.metrics))
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Batch size and wait, from `user_config`, applied live."""
+        size = int(config.get("max_batch_size", DEFAULT_BATCH["max_batch_size"]))
+        wait = float(config.get("batch_wait_timeout_s", DEFAULT_BATCH["batch_wait_timeout_s"]))
+        if size < 1 or wait < 0:
+            raise ValueError("max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
+        self._pool_batch.set_max_batch_size(size)
+        self._pool_batch.set_batch_wait_timeout_s(wait)
+        self.batch_config = {"max_batch_size": size, "batch_wait_timeout_s": wait}
+
+    # The HTTP app's Backend -------------------------------------------------------------------------------
+    async def pool(self, texts: list[str]) -> Pooled:
+        return await self._pool_batch(texts)
+
+    @serve.batch(max_batch_size=DEFAULT_BATCH["max_batch_size"], batch_wait_timeout_s=0.0)
+    async def _pool_batch(self, requests: list[list[str]]) -> list[Pooled]:
+        """Every waiting request's texts through one tokenize + pool call; each gets its own rows back."""
+        texts = [text for request in requests for text in request]
+        start = time.perf_counter()
+        if len(texts) >= OFFLOAD_TEXTS:
+            means, tokens = await asyncio.to_thread(self._pool_texts, texts)
+        else:
+            means, tokens = self._pool_texts(texts)
+        self.metrics.kernel.observe((time.perf_counter() - start) * 1e3)
+        self.metrics.batch_size.observe(len(texts))
+        self.metrics.batch_requests.observe(len(requests))
+        self.largest_batch = max(self.largest_batch, len(requests))
+        out, at = [], 0
+        for request in requests:
+            out.append(Pooled(means[at : at + len(request)], tokens[at : at + len(request)]))
+            at += len(request)
+        return out
+
+    def _pool_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        batch = self.embedder.tokens(texts)
+        return self.embedder.pool(batch), batch.lengths
+
+    # The DeploymentHandle API ------------------------------------------------------------------------------
+    async def embed(
+        self,
+        texts: str | list[str],
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        precision: Precision = "float32",
+    ) -> np.ndarray:
+        """Vectors for `texts` (one string gives a 1-D vector), batched with concurrent HTTP and handle calls."""
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        if not all(isinstance(t, str) for t in batch):
+            raise TypeError("texts must be a string or a list of strings")
+        self.embedder.check_options(dimensions, precision)
+        pooled = await self._pool_batch(batch) if batch else Pooled(np.zeros((0, self.embedder.dim), np.float32),
+                                                                     np.zeros(0, np.int64))
+        vectors = self.embedder.finish(pooled.means, normalize=normalize, dimensions=dimensions, precision=precision)
+        return vectors[0] if single else vectors
+
+    async def similarity(self, a: str | list[str], b: str | list[str]) -> np.ndarray:
+        """Cosine similarity matrix between the texts of `a` and of `b`."""
+        left = await self.embed([a] if isinstance(a, str) else a, normalize=True)
+        right = await self.embed([b] if isinstance(b, str) else b, normalize=True)
+        return left @ right.T
+
+    async def info(self) -> dict[str, Any]:
+        e = self.embedder
+        return {
+            "model": e.model_id, "checksum": e.checksum, "dimension": e.dim, "vocab_size": e.vocab_size,
+            "max_tokens": e.max_tokens, "table_source": self.table_source, "pid": os.getpid(),
+            "batch": getattr(self, "batch_config", DEFAULT_BATCH), "largest_batch_requests": self.largest_batch,
+        }
+
+
+def bytes_bodies(app: ASGIApp) -> ASGIApp:
+    """Serve pickles ASGI messages from replica to proxy; memoryview bodies (raw vectors) must become bytes."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_bytes(message: Message) -> None:
+            if message["type"] == "http.response.body" and isinstance(message.get("body"), memoryview):
+                message = {**message, "body": message["body"].tobytes()}
+            await send(message)
+
+        await app(scope, receive, send_bytes)
+
+    return wrapped
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """Application builder for `serve run` / `serve deploy` / RayService: `import_path: swiftembed.serve:build_app`.
+
+    args: `model` (directory or Hub id; default the vendored potion-base-8M), `max_tokens`, and any Settings
+    field (e.g. `max_texts`, `api_key`) to override the SWIFTEMBED_* environment.
+    """
+    args = dict(args or {})
+    model = args.pop("model", None)
+    max_tokens = args.pop("max_tokens", -1)
+    return SwiftEmbedDeployment.bind(model=model, max_tokens=max_tokens, settings=args)  # type: ignore[attr-defined]
+
+
+PROFILES = ("default", "throughput")
+
+
+def serve_environment(profile: str = "default") -> dict[str, str]:
+    """Environment Ray must start with: sub-ms Serve latency buckets, and for `throughput` HAProxy ingress."""
+    env = {"RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS": SERVE_LATENCY_BUCKETS_MS}
+    if profile == "throughput":
+        env.update({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"})
+        if os.path.exists("/usr/sbin/haproxy"):
+            env["RAY_SERVE_HAPROXY_BINARY_PATH"] = "/usr/sbin/haproxy"
+    elif profile != "default":
+        raise ValueError(f"profile must be one of {PROFILES}")
+    return env
+
+
+def run_local(
+    *,
+    model: str | None = None,
+    max_tokens: int | None = -1,
+    settings: Settings | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    profile: str = "default",
+    num_replicas: int = 1,
+    metrics_port: int = 8080,
+) -> None:
+    """Start a local Ray and Serve SwiftEmbed on host:port until interrupted."""
+    for key, value in serve_environment(profile).items():
+        os.environ.setdefault(key, value)
+    ray.init(namespace=NAMESPACE, include_dashboard=False, _metrics_export_port=metrics_port)
+    serve.start(http_options={"host": host, "port": port})
+    overrides = {} if settings is None else {k: v for k, v in vars(settings).items() if v != getattr(Settings(), k)}
+    cpus = min(1.0, (os.cpu_count() or 1) / max(num_replicas, 1))  # several replicas must fit a small machine
+    app = SwiftEmbedDeployment.options(  # type: ignore[attr-defined]
+        num_replicas=num_replicas, ray_actor_options={"num_cpus": cpus}
+    ).bind(
+        model=model, max_tokens=max_tokens, settings=overrides
+    )
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    print(f"SwiftEmbed on Ray Serve: http://{host}:{port} (metrics on :{metrics_port}); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,228 @@
+"""The Ray Serve deployment on a real local Ray: HTTP through Serve's proxy, handles, batching, shared table."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from tests import api_checks
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def app(ray_serve):
+    from ray import serve
+
+    from swiftembed.serve import APP_NAME, build_app
+
+    serve.run(build_app({}), name=APP_NAME, route_prefix="/")
+    yield serve.get_app_handle(APP_NAME)
+    serve.delete(APP_NAME)
+
+
+def test_http_through_serve_with_openai_client(ray_serve, app, embedder):
+    api_checks.check_openai_client(ray_serve.url, embedder)
+    api_checks.check_embed_routes(ray_serve.url, embedder)
+    api_checks.check_similarity_and_tokenize(ray_serve.url, embedder)
+    api_checks.check_service_routes(ray_serve.url, embedder)
+
+
+def test_jsonl_through_serve(ray_serve, app, embedder):
+    api_checks.check_jsonl(ray_serve.url, embedder, lines=1500)
+
+
+def test_bad_requests_through_serve(ray_serve, app):
+    api_checks.check_bad_requests(ray_serve.url)
+
+
+def test_handle_api(app, embedder):
+    texts = ["a dog runs", "a puppy is running", "stock market report"]
+    np.testing.assert_allclose(app.embed.remote(texts).result(), embedder.encode(texts), atol=1e-6)
+    np.testing.assert_allclose(app.embed.remote("a dog runs").result(), embedder.encode("a dog runs"), atol=1e-6)
+    small = app.embed.remote(texts, dimensions=16, precision="ubinary").result()
+    np.testing.assert_array_equal(small, embedder.encode(texts, dimensions=16, precision="ubinary"))
+    sims = app.similarity.remote("a dog runs", texts).result()
+    np.testing.assert_allclose(sims, embedder.similarity("a dog runs", texts), atol=1e-6)
+    info = app.info.remote().result()
+    assert info["table_source"] == "object_store" and info["checksum"] == embedder.checksum
+    with pytest.raises(Exception, match="dimensions must be between"):
+        app.embed.remote(texts, dimensions=999).result()
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_rows(ray_serve, app, embedder):
+    texts = [f"request number {i} about topic {i % 7}" for i in range(96)]
+    responses = [app.embed.remote([text, text.upper()]) for text in texts]
+    for text, response in zip(texts, responses):
+        np.testing.assert_allclose(response.result(), embedder.encode([text, text.upper()]), atol=1e-6)
+
+    async def over_http() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=ray_serve.url, timeout=60) as client:
+            return await asyncio.gather(*[client.post("/embed", json={"texts": [t]}) for t in texts])
+
+    for text, response in zip(texts, asyncio.run(over_http())):
+        assert response.status_code == 200
+        np.testing.assert_allclose(response.json()["embeddings"][0], embedder.encode(text), atol=1e-6)
+    assert app.info.remote().result()["largest_batch_requests"] > 1
+
+
+def test_config_deploy_and_live_user_config(ray_serve, embedder):
+    """deploy/serve-local.yaml through Serve's config path (as `serve deploy` and RayService use it): the builder
+    runs in a short-lived task, replicas still share the table, and a user_config change reconfigures in place."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    spec = yaml.safe_load((ROOT / "deploy" / "serve-local.yaml").read_text())
+    application = {**spec["applications"][0], "name": "live", "route_prefix": "/live"}
+    client = _get_global_client()
+
+    def deploy(user_config: dict) -> dict:
+        application["deployments"][0]["user_config"] = user_config
+        client.deploy_apps(ServeDeploySchema.model_validate({"applications": [application]}), _blocking=True)
+        from ray import serve
+
+        handle = serve.get_app_handle("live")
+        deadline = time.monotonic() + 60
+        while (info := handle.info.remote().result())["batch"] != user_config and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return info
+
+    try:
+        before = deploy({"max_batch_size": 64, "batch_wait_timeout_s": 0.0})
+        assert before["table_source"] == "object_store"
+        after = deploy({"max_batch_size": 8, "batch_wait_timeout_s": 0.002})
+        assert after["batch"] == {"max_batch_size": 8, "batch_wait_timeout_s": 0.002}
+        assert after["pid"] == before["pid"]  # reconfigured in place, not restarted
+        r = httpx.post(f"{ray_serve.url}/live/embed", json={"texts": ["live"]}, timeout=30)
+        assert r.status_code == 200
+        np.testing.assert_allclose(r.json()["embeddings"][0], embedder.encode("live"), atol=1e-6)
+    finally:
+        client.delete_apps(["live"], blocking=True)
+
+
+def test_metrics_exported_with_sub_millisecond_buckets(ray_serve, app):
+    for _ in range(20):
+        httpx.post(f"{ray_serve.url}/embed", json={"texts": ["metrics please"]})
+    wanted = [
+        'ray_swiftembed_request_latency_ms_bucket{',
+        'ray_swiftembed_requests_total{',
+        'ray_swiftembed_texts_total{',
+        'ray_swiftembed_tokens_total{',
+        'ray_swiftembed_batch_size_bucket{',
+        'ray_swiftembed_kernel_time_ms_bucket{',
+        'ray_serve_http_request_latency_ms_bucket{',
+    ]
+    deadline = time.monotonic() + 60
+    while True:
+        text = httpx.get(ray_serve.metrics_url, timeout=10).text
+        missing = [name for name in wanted if name not in text]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not missing, missing
+    ours = [line for line in text.splitlines() if line.startswith("ray_swiftembed_request_latency_ms_bucket{")]
+    assert any('le="0.5"' in line and 'route="/embed"' in line for line in ours)
+    serve_latency = [line for line in text.splitlines() if line.startswith("ray_serve_http_request_latency_ms_bucket{")]
+    assert any('le="0.5"' in line for line in serve_latency)
+
+
+def test_semantic_search_example(ray_serve, app):
+    from ray import serve
+
+    sys.path.insert(0, str(ROOT / "deploy"))
+    try:
+        import semantic_search
+    finally:
+        sys.path.remove(str(ROOT / "deploy"))
+    serve.run(semantic_search.build_app({"embedder_cpus": 0.25}), name="search", route_prefix="/search")
+    try:
+        r = httpx.get(f"{ray_serve.url}/search", params={"q": "I forgot my password", "k": 2}, timeout=30)
+        assert r.status_code == 200
+        results = r.json()["results"]
+        assert len(results) == 2 and "password" in results[0]["text"]
+        assert httpx.get(f"{ray_serve.url}/search", timeout=30).status_code == 422
+    finally:
+        serve.delete("search")
+
+
+def uss_kib(pid: int) -> int:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty"))
+
+
+def test_four_replicas_share_one_table_and_survive_owner_death(ray_serve, embedder):
+    import ray
+    from ray import serve
+
+    from swiftembed.serve import NAMESPACE, SwiftEmbedDeployment, owner_name
+
+    def replicas(share: bool, name: str) -> list[dict]:
+        deployment = SwiftEmbedDeployment.options(num_replicas=4, ray_actor_options={"num_cpus": 0.1})
+        serve.run(deployment.bind(share_table=share), name=name, route_prefix=f"/{name}")
+        handle = serve.get_app_handle(name)
+        seen: dict[int, dict] = {}
+        for _ in range(200):
+            info = handle.info.remote().result()
+            seen[info["pid"]] = info
+            if len(seen) == 4:
+                break
+        assert len(seen) == 4
+        handle.embed.remote(["warm every page of the table"] * 8).result()
+        return list(seen.values())
+
+    try:
+        shared = replicas(True, "shared")
+        private = replicas(False, "private")
+        assert {r["table_source"] for r in shared} == {"object_store"}
+        # Touch the whole table in every replica so private copies are fully resident.
+        for name in ("shared", "private"):
+            handle = serve.get_app_handle(name)
+            for _ in range(8):
+                handle.embed.remote([" ".join(embedder.tokenizer.id_to_token(i) or "" for i in range(5, 29528, 3))]).result()
+        shared_uss = np.median([uss_kib(r["pid"]) for r in shared])
+        private_uss = np.median([uss_kib(r["pid"]) for r in private])
+        table_kib = 29528 * 256 * 4 / 1024
+        # A replica on the shared table holds far less private memory than one with its own copy of the table.
+        assert private_uss - shared_uss > 0.6 * table_kib, (shared_uss, private_uss)
+
+        owner = ray.get_actor(owner_name(embedder.checksum), namespace=NAMESPACE)
+        ray.kill(owner)
+        handle = serve.get_app_handle("shared")
+        for _ in range(20):
+            np.testing.assert_allclose(handle.embed.remote(["still serving"]).result(), embedder.encode(["still serving"]),
+                                       atol=1e-6)
+        # A replica started after the owner died makes a new owner and still shares the table.
+        serve.run(SwiftEmbedDeployment.options(num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(), name="late",
+                  route_prefix="/late")
+        assert serve.get_app_handle("late").info.remote().result()["table_source"] == "object_store"
+        ray.get_actor(owner_name(embedder.checksum), namespace=NAMESPACE)
+    finally:
+        for name in ("shared", "private", "late"):
+            serve.delete(name)
+
+
+@pytest.mark.parametrize("config", ["serve-local.yaml", "serve-cluster.yaml", "serve-search.yaml"])
+def test_serve_configs_validate_and_build(config):
+    from ray.serve.schema import ServeDeploySchema
+
+    from swiftembed.serve import build_app
+
+    spec = yaml.safe_load((ROOT / "deploy" / config).read_text())
+    schema = ServeDeploySchema.model_validate(spec) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(spec)
+    assert schema.applications
+    for application in spec["applications"]:
+        if application["import_path"] == "swiftembed.serve:build_app":
+            built = build_app(application.get("args"))
+            assert built is not None
+            deployment = application["deployments"][0]
+            assert deployment["name"] == "SwiftEmbed"
+            assert "max_ongoing_requests" in deployment and "max_queued_requests" in deployment
