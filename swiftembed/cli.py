@@ -24,6 +24,7 @@ from swiftembed.bulk import (
     read_records,
 )
 from swiftembed.embedder import Embedder
+from swiftembed.evaluate import add_eval_command
 from swiftembed.model import ModelError
 from swiftembed.pooling import PRECISIONS
 from swiftembed.settings import Settings
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encode(commands)
     _add_info(commands)
     _add_serve(commands)
+    add_eval_command(commands)
     return parser
 
 
@@ -170,6 +172,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Limits and auth also read SWIFTEMBED_* environment variables (see Settings); flags win.",
     )
     p.add_argument("--standalone", action="store_true", help="one uvicorn process, no Ray")
+    p.add_argument("--profile", choices=("default", "throughput"), default="default",
+                   help="Ray Serve ingress: default proxy, or throughput-optimized with HAProxy")
+    p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (default 1)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="Ray's metrics export port (default 8080)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require Authorization: Bearer KEY (or SWIFTEMBED_API_KEY)")
@@ -202,7 +208,16 @@ def _run_serve(args: argparse.Namespace) -> int:
         return 0
     from swiftembed.serve import run_local
 
-    run_local(model=args.model, max_tokens=args.max_tokens, settings=settings, host=args.host, port=args.port)
+    run_local(
+        model=args.model,
+        max_tokens=args.max_tokens,
+        settings=settings,
+        host=args.host,
+        port=args.port,
+        profile=args.profile,
+        num_replicas=args.replicas,
+        metrics_port=args.metrics_port,
+    )
     return 0
 
 
