@@ -88,9 +88,10 @@ class Embedder:
         return self.tokenizer.encode(texts)
 
     def pool(self, batch: TokenBatch, token_weights: np.ndarray | None = None) -> np.ndarray:
-        """Unnormalized mean vectors (float32) for tokenized texts: the part request batching shares."""
-        if len(batch) and (batch.ids.min(initial=0) < 0 or batch.ids.max(initial=0) >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
+        """Unnormalized mean vectors (float32) for tokenized texts: the part request batching shares.
+
+        `batch` comes from `tokens` or `tokenizer.from_ids`, which guarantee ids inside the vocabulary.
+        """
         weights = self.model.weights
         if token_weights is not None:
             token_weights = np.asarray(token_weights, dtype=np.float32)

@@ -5,7 +5,7 @@ The names match across both, so dashboards work either way (Ray prefixes its ser
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 # Sub-millisecond resolution where a static model's latency lives.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -46,15 +46,22 @@ class PrometheusMetrics:
         self._requests = Counter("swiftembed_requests", "Requests by route and status", labels, registry=self.registry)
         self._texts = Counter("swiftembed_texts", "Texts embedded", ("route",), registry=self.registry)
         self._tokens = Counter("swiftembed_tokens", "Tokens pooled", ("route",), registry=self.registry)
+        self._children: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
 
     def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int) -> None:
-        code = str(status)
-        self._latency.labels(route, code).observe(latency_ms)
-        self._requests.labels(route, code).inc()
+        children = self._children.get((route, status))
+        if children is None:  # label lookups cost more than the observations: do them once per (route, status)
+            code = str(status)
+            children = (self._latency.labels(route, code), self._requests.labels(route, code),
+                        self._texts.labels(route), self._tokens.labels(route))
+            self._children[(route, status)] = children
+        latency, requests, texts_counter, tokens_counter = children
+        latency.observe(latency_ms)
+        requests.inc()
         if texts:
-            self._texts.labels(route).inc(texts)
+            texts_counter.inc(texts)
         if tokens:
-            self._tokens.labels(route).inc(tokens)
+            tokens_counter.inc(tokens)
 
     def exposition(self) -> tuple[bytes, str] | None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

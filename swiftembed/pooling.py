@@ -45,34 +45,35 @@ def mean_pool(
     model or caller per-token weights); the mean divides by the token count, as model2vec does.
     """
     n = len(batch)
-    counts = batch.lengths
     cols = batch.ids if rows is None else rows[batch.ids]
     if n < _DENSE_BELOW:
+        bounds = batch.offsets.tolist()
         out = np.zeros((n, table.shape[1]), dtype=np.float32)
         for i in range(n):
-            lo, hi = batch.offsets[i], batch.offsets[i + 1]
+            lo, hi = bounds[i], bounds[i + 1]
             if hi > lo:
                 gathered = table[cols[lo:hi]].astype(np.float32, copy=False)
                 if weights is not None:
                     gathered = gathered * weights[batch.ids[lo:hi], None]
-                out[i] = gathered.sum(axis=0, dtype=np.float32)
+                np.add.reduce(gathered, axis=0, out=out[i])
+                out[i] /= np.float32(hi - lo)
+        return out
+    data = np.ones(len(cols), dtype=np.float32) if weights is None else weights[batch.ids].astype(np.float32)
+    out = np.empty((n, table.shape[1]), dtype=np.float32)
+    table = _as_float32(table)
+    if len(cols) < _THREADED_FROM or _THREADS == 1:
+        _sparse_sum(table, data, cols, batch.offsets, 0, n, out)
     else:
-        data = np.ones(len(cols), dtype=np.float32) if weights is None else weights[batch.ids].astype(np.float32)
-        out = np.empty((n, table.shape[1]), dtype=np.float32)
-        table = _as_float32(table)
-        if len(cols) < _THREADED_FROM or _THREADS == 1:
-            _sparse_sum(table, data, cols, batch.offsets, 0, n, out)
-        else:
-            # Row blocks with about equal token counts, one per thread.
-            cuts = np.searchsorted(batch.offsets, np.linspace(0, len(cols), _THREADS + 1)[1:-1])
-            bounds = [0, *sorted(set(cuts.tolist()) - {0, n}), n]
-            jobs = [
-                _pool_executor().submit(_sparse_sum, table, data, cols, batch.offsets, lo, hi, out)
-                for lo, hi in zip(bounds[:-1], bounds[1:])
-            ]
-            for job in jobs:
-                job.result()
-    np.divide(out, np.maximum(counts, 1)[:, None].astype(np.float32), out=out)
+        # Row blocks with about equal token counts, one per thread.
+        cuts = np.searchsorted(batch.offsets, np.linspace(0, len(cols), _THREADS + 1)[1:-1])
+        bounds = [0, *sorted(set(cuts.tolist()) - {0, n}), n]
+        jobs = [
+            _pool_executor().submit(_sparse_sum, table, data, cols, batch.offsets, lo, hi, out)
+            for lo, hi in zip(bounds[:-1], bounds[1:])
+        ]
+        for job in jobs:
+            job.result()
+    np.divide(out, np.maximum(batch.lengths, 1)[:, None].astype(np.float32), out=out)
     return out
 
 

@@ -18,7 +18,7 @@ import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,9 @@ class TokenBatch:
 
     @classmethod
     def from_lists(cls, id_lists: Sequence[Sequence[int]]) -> TokenBatch:
+        if len(id_lists) <= 16:  # a request's worth: plain Python beats numpy's per-call overhead
+            offsets = np.array([0, *accumulate(map(len, id_lists))], dtype=np.int64)
+            return cls(np.array(list(chain.from_iterable(id_lists)), dtype=np.int32), offsets)
         lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
         offsets = np.zeros(len(id_lists) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -103,6 +106,8 @@ class TextTokenizer:
         """Caller-given token ids, treated as tokenized text is: truncated to `max_tokens`, unknown id dropped."""
         limit = self.max_tokens
         batch = TokenBatch.from_lists([ids if limit is None else ids[:limit] for ids in id_lists])
+        if len(batch.ids) and (batch.ids.min() < 0 or batch.ids.max() >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
         return batch if self.unk_id is None else _drop_id(batch, self.unk_id)
 
     def _slow(self, texts: Sequence[str]) -> list[list[int]]:
@@ -120,7 +125,10 @@ class TextTokenizer:
 
 def _drop_id(batch: TokenBatch, token_id: int) -> TokenBatch:
     keep = batch.ids != token_id
-    if keep.all():
+    if len(keep) < 64:
+        if token_id not in batch.ids.tolist():
+            return batch
+    elif keep.all():
         return batch
     kept = np.zeros(len(keep) + 1, dtype=np.int64)
     np.cumsum(keep, out=kept[1:])

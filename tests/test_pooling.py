@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from swiftembed.pooling import mean_pool, quantize
-from swiftembed.tokenizer import TokenBatch
 from tests.conftest import VARIED_TEXTS
 
 
@@ -106,8 +105,11 @@ def test_empty_batch(embedder):
 
 
 def test_token_ids_outside_vocabulary_are_rejected(embedder):
-    with pytest.raises(ValueError, match="token ids must lie in"):
-        embedder.pool(TokenBatch.from_lists([[1, 2, 10**6]]))
+    for ids in ([[1, 2, 10**6]], [[-1]], [[5], [29528]]):
+        with pytest.raises(ValueError, match="token ids must lie in"):
+            embedder.tokenizer.from_ids(ids)
+    batch = embedder.tokenizer.from_ids([[6598, 1094], [1, 1]])  # [UNK] (id 1) is dropped, as for text
+    assert batch.to_lists() == [[6598, 1094], []]
 
 
 def test_similarity(embedder):
