@@ -55,3 +55,61 @@ def interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def run_wrk(
+    url: str,
+    body: bytes,
+    *,
+    connections: int,
+    duration_s: int,
+    threads: int = 1,
+    headers: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """One bounded wrk run (POST `body` to `url`, which must be on 127.0.0.1): requests/s, p50/p99 in ms."""
+    import re
+    import subprocess
+    import tempfile
+
+    if not url.startswith(("http://127.0.0.1", "http://localhost")):
+        raise ValueError("load only ever targets 127.0.0.1")
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    with tempfile.NamedTemporaryFile("wb", suffix=".body", delete=False) as handle:
+        handle.write(body)
+    lua = "\n".join(
+        [
+            'wrk.method = "POST"',
+            f'local f = io.open("{handle.name}", "rb"); wrk.body = f:read("*a"); f:close()',
+            *[f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()],
+        ]
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua)
+    out = subprocess.run(
+        ["wrk", f"-t{max(1, min(threads, connections))}", f"-c{connections}", f"-d{duration_s}s", "--latency",
+         "--timeout", "10s", "-s", script.name, url],
+        capture_output=True, text=True, timeout=duration_s + 60, check=True,
+    ).stdout
+    os.unlink(handle.name)
+    os.unlink(script.name)
+
+    def ms(token: str) -> float:
+        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", token).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+    percentiles = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)", out, re.M))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": rps,
+        "p50_ms": ms(percentiles["50"]),
+        "p99_ms": ms(percentiles["99"]),
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+        "socket_errors": 1.0 if socket_errors else 0.0,
+    }
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each figure over repeated runs."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
