@@ -40,6 +40,9 @@ OCTET = "application/octet-stream"
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines", "application/json-lines")
 OPEN_PATHS = frozenset({"/health", "/metrics"})
 JSONL_CHUNK = 1024  # lines encoded per kernel call on /embed/jsonl
+# Response headers a browser script may read under CORS (the raw route's shape is only in headers).
+EXPOSED_HEADERS = ["X-Processing-Time-Ms", "X-Token-Count", "X-Embedding-Count", "X-Embedding-Dimension",
+                   "X-Embedding-Dtype", "Retry-After"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class Backend(Protocol):
 class LocalBackend:
     """In-process pooling; large requests run in a worker thread so they do not stall the event loop."""
 
-    def __init__(self, embedder: Embedder, offload_from: int = 64) -> None:
+    def __init__(self, embedder: Embedder, offload_from: int = 1024) -> None:
         self.embedder = embedder
         self.offload_from = offload_from
 
@@ -101,11 +104,13 @@ class EmbeddingApi:
             Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
         self.paths = frozenset(route.path for route in routes)
+        self.hot = {"/embed": self.embed, "/v1/embeddings": self.openai_embeddings}
         middleware = [Middleware(FrontDoor, api=self)]
-        if settings.cors_origins:
-            middleware.append(
+        if settings.cors_origins:  # outermost: preflights carry no API key, and 401/503 answers need CORS headers too
+            middleware.insert(
+                0,
                 Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "Accept"])
+                           allow_headers=["Authorization", "Content-Type", "Accept"], expose_headers=EXPOSED_HEADERS)
             )
         self.app = Starlette(
             routes=routes,
@@ -210,7 +215,7 @@ class EmbeddingApi:
             return b"", 0
         pooled = await self.backend.pool([text for _, text in pending])
         vectors = self.embedder.finish(pooled.means, inplace=True)
-        return b"".join(wire.jsonl_line(i, row) for (i, _), row in zip(pending, vectors)), int(pooled.tokens.sum())
+        return wire.jsonl_lines([i for i, _ in pending], vectors), int(pooled.tokens.sum())
 
     async def similarity(self, request: Request) -> Response:
         body = await self.read_json(request)
@@ -376,7 +381,15 @@ class FrontDoor:
                 return
             self.in_flight += 1
             try:
-                await self.app(scope, receive, send_with_headers)
+                endpoint = self.api.hot.get(path) if scope["method"] == "POST" else None
+                if endpoint is None:
+                    await self.app(scope, receive, send_with_headers)
+                else:  # the embedding routes skip the router's matching and wrappers: same handler, less overhead
+                    try:
+                        response = await endpoint(Request(scope, receive))
+                    except ApiError as error:
+                        response = _error_response(error)
+                    await response(scope, receive, send_with_headers)
             finally:
                 self.in_flight -= 1
         finally:

@@ -120,12 +120,22 @@ def text(value: object, param: str, settings: Settings) -> str:
     return value
 
 
+def _integer(value: object) -> int | None:
+    """An int, or a float with an integral value (JSON, and JSON Schema's `integer`, do not tell 2.0 from 2)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _dimensions(value: object, dim: int) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= dim:
+    number = _integer(value)
+    if number is None or not 1 <= number <= dim:
         raise invalid(f"'dimensions' must be an integer from 1 to {dim}", "dimensions")
-    return value
+    return number
 
 
 def _flag(value: object, param: str) -> bool | None:
@@ -139,7 +149,9 @@ def parse_openai(obj: dict[str, Any], settings: Settings, dim: int, vocab_size: 
     if "input" not in obj:
         raise invalid("'input' is required", "input")
     value = obj["input"]
-    encoding_format = obj.get("encoding_format") or "float"
+    encoding_format = obj.get("encoding_format")
+    if encoding_format is None:
+        encoding_format = "float"
     if encoding_format not in ("float", "base64"):
         raise invalid("'encoding_format' must be 'float' or 'base64'", "encoding_format")
     model = obj.get("model")
@@ -149,7 +161,7 @@ def parse_openai(obj: dict[str, Any], settings: Settings, dim: int, vocab_size: 
     if user is not None and not isinstance(user, str):
         raise invalid("'user' must be a string", "user")
     options = Options(dimensions=_dimensions(obj.get("dimensions"), dim))
-    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if isinstance(value, list) and value and all(_integer(v) is not None for v in value):
         return EmbedRequest(None, [_token_ids(value, "input", vocab_size)], options, True, encoding_format, model)
     if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
         if len(value) > settings.max_texts:
@@ -164,8 +176,10 @@ def parse_openai(obj: dict[str, Any], settings: Settings, dim: int, vocab_size: 
 def _token_ids(value: list[Any], param: str, vocab_size: int) -> list[int]:
     if not value:
         raise invalid(f"'{param}' must not be empty", param)
+    if not all(type(v) is int for v in value):
+        value = [_integer(v) for v in value]
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, int):
+        if v is None:
             raise invalid(f"'{param}' must hold integers", param)
         if not 0 <= v < vocab_size:
             raise invalid(f"'{param}' holds token id {v}, outside the vocabulary [0, {vocab_size})", param)
@@ -249,8 +263,12 @@ def raw_body(vectors: np.ndarray) -> memoryview:
     return _le_f32(vectors)
 
 
-def jsonl_line(index: int, vector: np.ndarray) -> bytes:
-    return orjson.dumps({"index": index, "embedding": vector}, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+def jsonl_lines(indices: Sequence[int], vectors: np.ndarray) -> bytes:
+    """`{"index": i, "embedding": [...]}` lines for many rows from one orjson call on the whole array."""
+    if not len(vectors):
+        return b""
+    rows = orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+    return b"".join(b'{"index":%d,"embedding":[%s]}\n' % (i, row) for i, row in zip(indices, rows))
 
 
 def jsonl_error_line(index: int, error: ApiError) -> bytes:
