@@ -2,8 +2,8 @@
 
     python benchmarks/serve_driver.py PORT PROFILE     # prints READY, then serves until terminated
 
-The no-op deployment reads the request body and answers with a prepared body of the size /embed gives for one
-text, so the difference between the two routes is the embedding work, not the transport.
+The no-op deployment reads the request body and answers with a prepared body of the size the real route gives
+for the request shape named in X-Shape (benchmarks/shapes.py), with the same Serve options.
 """
 
 from __future__ import annotations
@@ -30,28 +30,27 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 
 from swiftembed import Embedder  # noqa: E402
-from swiftembed.wire import json_bytes  # noqa: E402
+from benchmarks.shapes import noop_answers  # noqa: E402
 
 OPTIONS = {"num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5}}
 
 
 @serve.deployment(name="NoOp")
 class NoOp:
-    def __init__(self, body: bytes) -> None:
-        self.body = body
+    def __init__(self, answers: dict[str, tuple[bytes, str]]) -> None:
+        self.answers = answers
 
     async def __call__(self, request: Request) -> Response:
         await request.body()
-        return Response(self.body, media_type="application/json")
+        body, media_type = self.answers[request.headers.get("x-shape", "single")]
+        return Response(body, media_type=media_type)
 
 
-embedder = Embedder.load()
-body = json_bytes({"embeddings": embedder.encode(["A man with a hard hat is dancing."]), "model": embedder.model_id,
-                   "dimensions": embedder.dim, "tokens": 9})
+answers = noop_answers(Embedder.load())
 ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
 serve.start(http_options={"host": "127.0.0.1", "port": port})
 serve.run(SwiftEmbedDeployment.options(**OPTIONS).bind(), name=APP_NAME, route_prefix="/")
-serve.run(NoOp.options(**OPTIONS).bind(body), name="noop", route_prefix="/noop")
+serve.run(NoOp.options(**OPTIONS).bind(answers), name="noop", route_prefix="/noop")
 print("READY", flush=True)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 try:

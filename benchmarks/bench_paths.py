@@ -1,0 +1,153 @@
+"""Every serving path x request shape, each next to its no-op baseline from the same run.
+
+    .venv/bin/python benchmarks/bench_paths.py [--paths library standalone serve-default serve-throughput]
+        [--shapes single batch-100 jsonl-1000 binary-100] [--duration 6] [--rounds 2] [--json out/paths.json]
+
+Paths: `library` (Embedder.encode in-process; its baseline is model2vec's StaticModel.encode on the same texts),
+`standalone` (uvicorn, one process, benchmarks/noop_app.py), `serve-default` (Ray Serve's HTTP proxy) and
+`serve-throughput` (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 + HAProxy ingress), both via benchmarks/serve_driver.py
+with the no-op as a second deployment of the same options. HTTP load is wrk (Debian) on 127.0.0.1 only, at
+concurrency 1 and 64 for single texts and 1 and 8 for the larger shapes; rounds are interleaved between our
+route and its no-op, and medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine, run_wrk, summarize  # noqa: E402
+from benchmarks.shapes import SHAPES, Shape  # noqa: E402
+from tests.servers import free_port, wait_healthy  # noqa: E402
+
+CONCURRENCY = {"single": (1, 64), "batch-100": (1, 8), "jsonl-1000": (1, 8), "binary-100": (1, 8)}
+HTTP_PATHS = ("standalone", "serve-default", "serve-throughput")
+
+
+def start_path(path: str, port: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if path == "standalone":
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "benchmarks.noop_app:app", "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning", "--no-access-log"], env=env, cwd=ROOT)
+        wait_healthy(f"http://127.0.0.1:{port}", process=process)
+        return process
+    profile = path.removeprefix("serve-")
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "serve_driver.py"), str(port), profile],
+                               stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.strip() == "READY":
+            break
+    else:
+        raise RuntimeError(f"{path}: driver exited with {process.wait()}")
+    deadline = time.monotonic() + 60
+    single = SHAPES["single"]
+    while time.monotonic() < deadline:  # the ingress may lag serve.run by a moment
+        try:
+            url = f"http://127.0.0.1:{port}"
+            if all(httpx.post(url + p, content=single.body, headers=single.headers, timeout=2).status_code == 200
+                   for p in ("/embed", "/noop")):
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{path}: routes not answering")
+
+
+def bench_http(path: str, shapes: list[Shape], duration: int, rounds: int) -> dict[str, dict[str, float]]:
+    port = free_port()
+    server = start_path(path, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        cases = {}
+        for shape in shapes:
+            for c in CONCURRENCY[shape.name]:
+                cases[f"{path} | {shape.name} | c{c} | ours"] = (url + shape.path, shape, c, shape.headers)
+                cases[f"{path} | {shape.name} | c{c} | no-op"] = (url + "/noop", shape, c,
+                                                                  {**shape.headers, "X-Shape": shape.name})
+        for target, shape, c, headers in cases.values():  # warm-up
+            run_wrk(target, shape.body, connections=c, duration_s=1, threads=min(c, 2), headers=headers)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+        for _ in range(rounds):
+            for name, (target, shape, c, headers) in cases.items():
+                runs[name].append(run_wrk(target, shape.body, connections=c, duration_s=duration, threads=min(c, 2),
+                                          headers=headers))
+        return {name: {**summarize(r), "texts_per_s": summarize(r)["rps"] * cases[name][1].texts}
+                for name, r in runs.items()}
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+
+
+def bench_library(shapes: list[Shape], duration: int, rounds: int) -> dict[str, dict[str, float]]:
+    from model2vec import StaticModel
+
+    from swiftembed import Embedder
+    from swiftembed.model import DEFAULT_MODEL_DIR
+
+    ours, reference = Embedder.load(), StaticModel.from_pretrained(str(DEFAULT_MODEL_DIR))
+    results = {}
+    for shape in shapes:
+        texts = [t for t in (json.loads(line)["text"] for line in shape.body.splitlines())] \
+            if shape.name == "jsonl-1000" else json.loads(shape.body)["texts"]
+        for label, fn in (("ours", lambda: ours.encode(texts)), ("model2vec", lambda: reference.encode(texts))):
+            samples: list[float] = []
+            for _ in range(rounds):
+                end = time.perf_counter() + duration / 2
+                while time.perf_counter() < end:
+                    start = time.perf_counter()
+                    fn()
+                    samples.append(time.perf_counter() - start)
+            p50 = statistics.median(samples)
+            results[f"library | {shape.name} | c1 | {label}"] = {
+                "rps": 1 / p50, "p50_ms": p50 * 1e3, "p99_ms": statistics.quantiles(samples, n=100)[98] * 1e3,
+                "non_2xx": 0.0, "texts_per_s": shape.texts / p50,
+            }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--paths", nargs="+", default=["library", *HTTP_PATHS])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    shapes = [SHAPES[name] for name in args.shapes]
+    results: dict[str, dict[str, float]] = {}
+    for path in args.paths:
+        if path == "library":
+            results.update(bench_library(shapes, args.duration, args.rounds))
+        else:
+            results.update(bench_http(path, shapes, args.duration, args.rounds))
+        print(f"done: {path}", file=sys.stderr, flush=True)
+
+    print(f"machine: {machine()}; command: {' '.join(sys.argv)}")
+    print(f"{'path | shape | concurrency | route':52s} {'req/s':>9s} {'texts/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
+          f"{'non-2xx':>7s} {'vs base':>8s}")
+    for name, r in results.items():
+        base = name.rsplit("|", 1)[0] + ("| model2vec" if name.startswith("library") else "| no-op")
+        ratio = f"{100 * r['rps'] / results[base]['rps']:.0f}%" if base in results and base != name else ""
+        print(f"{name:52s} {r['rps']:9.0f} {r['texts_per_s']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
+              f"{r['non_2xx']:7.0f} {ratio:>8s}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine(), "command": sys.argv, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
