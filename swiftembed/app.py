@@ -358,7 +358,7 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        path = scope["path"]
+        path = _route_path(scope)
         route = path if path in self.api.paths else "other"
         state: dict[str, Any] = scope.setdefault("state", {})
         status = 500
@@ -436,6 +436,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _error_response(ApiError(500, "internal error", type="server_error", code="internal_error"))
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the mount point: under Serve with a route prefix, `path` still carries the prefix."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
 
 
 def _raw_header(request: Request, name: bytes) -> str:
