@@ -6,7 +6,8 @@
 Paths: `library` (Embedder.encode in-process; its baseline is model2vec's StaticModel.encode on the same texts),
 `standalone` (uvicorn, one process, benchmarks/noop_app.py), `serve-default` (Ray Serve's HTTP proxy) and
 `serve-throughput` (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 + HAProxy ingress), both via benchmarks/serve_driver.py
-with the no-op as a second deployment of the same options. HTTP load is wrk (Debian) on 127.0.0.1 only, at
+with the no-op as a second deployment of the same options, and optionally `transformer` (the standalone app
+with all-MiniLM-L6-v2 as its backend, benchmarks/transformer_app.py; needs the `eval` extra). HTTP load is wrk (Debian) on 127.0.0.1 only, at
 concurrency 1 and 64 for single texts and 1 and 8 for the larger shapes; rounds are interleaved between our
 route and its no-op, and medians are reported.
 """
@@ -33,15 +34,16 @@ from tests.servers import free_port, wait_healthy  # noqa: E402
 
 CONCURRENCY = {"single": (1, 64), "batch-100": (1, 8), "jsonl-1000": (1, 8), "binary-100": (1, 8)}
 HTTP_PATHS = ("standalone", "serve-default", "serve-throughput")
+APPS = {"standalone": "benchmarks.noop_app:app", "transformer": "benchmarks.transformer_app:app"}
 
 
 def start_path(path: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if path == "standalone":
+    if path in APPS:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "benchmarks.noop_app:app", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning", "--no-access-log"], env=env, cwd=ROOT)
-        wait_healthy(f"http://127.0.0.1:{port}", process=process)
+            [sys.executable, "-m", "uvicorn", APPS[path], "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning", "--no-access-log"], env={**env, "HF_HUB_OFFLINE": "1"}, cwd=ROOT)
+        wait_healthy(f"http://127.0.0.1:{port}", timeout=180, process=process)
         return process
     profile = path.removeprefix("serve-")
     process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "serve_driver.py"), str(port), profile],
@@ -73,7 +75,8 @@ def bench_http(path: str, shapes: list[Shape], duration: int, rounds: int) -> di
     try:
         cases = {}
         for shape in shapes:
-            for c in CONCURRENCY[shape.name]:
+            # The transformer is ~1000x slower: concurrency would only queue requests past wrk's window.
+            for c in (1,) if path == "transformer" else CONCURRENCY[shape.name]:
                 cases[f"{path} | {shape.name} | c{c} | ours"] = (url + shape.path, shape, c, shape.headers)
                 cases[f"{path} | {shape.name} | c{c} | no-op"] = (url + "/noop", shape, c,
                                                                   {**shape.headers, "X-Shape": shape.name})
@@ -141,7 +144,7 @@ def main() -> None:
           f"{'non-2xx':>7s} {'vs base':>8s}")
     for name, r in results.items():
         base = name.rsplit("|", 1)[0] + ("| model2vec" if name.startswith("library") else "| no-op")
-        ratio = f"{100 * r['rps'] / results[base]['rps']:.0f}%" if base in results and base != name else ""
+        ratio = f"{100 * r['rps'] / results[base]['rps']:.0f}%" if base != name and results.get(base, {}).get("rps") else ""
         print(f"{name:52s} {r['rps']:9.0f} {r['texts_per_s']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
               f"{r['non_2xx']:7.0f} {ratio:>8s}")
     if args.json:
