@@ -1,7 +1,8 @@
 """Every serving path x request shape, each next to its no-op baseline from the same run.
 
-    .venv/bin/python benchmarks/bench_paths.py [--paths library standalone serve-default serve-throughput]
-        [--shapes single batch-100 jsonl-1000 binary-100] [--duration 6] [--rounds 2] [--json out/paths.json]
+    .venv/bin/python benchmarks/bench_paths.py [--paths library standalone serve-default serve-throughput
+        transformer] [--shapes single batch-100 jsonl-1000 binary-100] [--duration 6] [--rounds 2]
+        [--json out/paths.json]
 
 Paths: `library` (Embedder.encode in-process; its baseline is model2vec's StaticModel.encode on the same texts),
 `standalone` (uvicorn, one process, benchmarks/noop_app.py), `serve-default` (Ray Serve's HTTP proxy) and
@@ -105,13 +106,13 @@ def bench_library(shapes: list[Shape], duration: int, rounds: int) -> dict[str, 
     for shape in shapes:
         texts = [t for t in (json.loads(line)["text"] for line in shape.body.splitlines())] \
             if shape.name == "jsonl-1000" else json.loads(shape.body)["texts"]
-        for label, fn in (("ours", lambda: ours.encode(texts)), ("model2vec", lambda: reference.encode(texts))):
+        for label, encode in (("ours", ours.encode), ("model2vec", reference.encode)):
             samples: list[float] = []
             for _ in range(rounds):
                 end = time.perf_counter() + duration / 2
                 while time.perf_counter() < end:
                     start = time.perf_counter()
-                    fn()
+                    encode(texts)
                     samples.append(time.perf_counter() - start)
             p50 = statistics.median(samples)
             results[f"library | {shape.name} | c1 | {label}"] = {
@@ -144,7 +145,8 @@ def main() -> None:
           f"{'non-2xx':>7s} {'vs base':>8s}")
     for name, r in results.items():
         base = name.rsplit("|", 1)[0] + ("| model2vec" if name.startswith("library") else "| no-op")
-        ratio = f"{100 * r['rps'] / results[base]['rps']:.0f}%" if base != name and results.get(base, {}).get("rps") else ""
+        base_rps = results.get(base, {}).get("rps") if base != name else None
+        ratio = f"{100 * r['rps'] / base_rps:.0f}%" if base_rps else ""
         print(f"{name:52s} {r['rps']:9.0f} {r['texts_per_s']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
               f"{r['non_2xx']:7.0f} {ratio:>8s}")
     if args.json:

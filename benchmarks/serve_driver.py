@@ -29,8 +29,8 @@ from ray import serve  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 
-from swiftembed import Embedder  # noqa: E402
 from benchmarks.shapes import noop_answers  # noqa: E402
+from swiftembed import Embedder  # noqa: E402
 
 OPTIONS = {"num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5}}
 

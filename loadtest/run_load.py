@@ -92,7 +92,8 @@ def main() -> None:
         from tests.servers import free_port, wait_healthy
 
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "swiftembed.cli", "serve", "--standalone", "--port", str(port)])
+        command = [sys.executable, "-m", "swiftembed.cli", "serve", "--standalone", "--port", str(port)]
+        server = subprocess.Popen(command)
         args.url = f"http://127.0.0.1:{port}"
         wait_healthy(args.url, process=server)
     if urlparse(args.url).hostname not in ("127.0.0.1", "localhost"):

@@ -157,7 +157,9 @@ class EmbeddingApi:
             )
         if style == "tei":
             return Response(wire.json_bytes(vectors), media_type=JSON)
-        payload = {"embeddings": vectors, "model": self.embedder.model_id, "dimensions": vectors.shape[1], "tokens": tokens}
+        payload = {
+            "embeddings": vectors, "model": self.embedder.model_id, "dimensions": vectors.shape[1], "tokens": tokens
+        }
         return Response(wire.json_bytes(payload), media_type=JSON)
 
     async def embed_jsonl(self, request: Request) -> Response:

@@ -36,7 +36,8 @@ class Settings:
     max_concurrency: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_texts", "max_chars", "max_body_bytes", "max_jsonl_bytes", "max_jsonl_lines", "max_concurrency"):
+        limits = ("max_texts", "max_chars", "max_body_bytes", "max_jsonl_bytes", "max_jsonl_lines", "max_concurrency")
+        for name in limits:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         if self.long_text not in ("truncate", "reject"):

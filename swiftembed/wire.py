@@ -192,12 +192,15 @@ def parse_embed(obj: dict[str, Any], settings: Settings, dim: int) -> tuple[Embe
         texts, single = _texts(obj["inputs"], "inputs", settings)
         _flag(obj.get("truncate"), "truncate")
         normalize = _flag(obj.get("normalize"), "normalize")
-        options = Options(normalize=True if normalize is None else normalize, dimensions=_dimensions(obj.get("dimensions"), dim))
+        normalize = True if normalize is None else normalize
+        options = Options(normalize=normalize, dimensions=_dimensions(obj.get("dimensions"), dim))
         return EmbedRequest(texts, None, options, single), "tei"
     if "texts" not in obj:
         raise invalid("'texts' (or TEI's 'inputs') is required", "texts")
     texts, single = _texts(obj["texts"], "texts", settings, allow_single=False)
-    options = Options(normalize=_flag(obj.get("normalize"), "normalize"), dimensions=_dimensions(obj.get("dimensions"), dim))
+    options = Options(
+        normalize=_flag(obj.get("normalize"), "normalize"), dimensions=_dimensions(obj.get("dimensions"), dim)
+    )
     return EmbedRequest(texts, None, options, single), "openai"
 
 

@@ -121,9 +121,8 @@ def ray_serve():
     """One Ray + Serve for the whole session: starting Ray costs seconds, so tests share it."""
     import os
 
-    from tests.servers import free_port
-
     from swiftembed.serve import NAMESPACE, serve_environment
+    from tests.servers import free_port
 
     os.environ.update(serve_environment("default"))
     import ray

@@ -47,9 +47,29 @@ def standalone_server(*args: str, env: dict[str, str] | None = None) -> Iterator
         wait_healthy(url, process=process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Terminate, and kill if it will not go."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def require_tool(name: str) -> str:
+    """Path of a command-line tool; skip without it locally, fail in CI (where .ci/run installs it)."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not found (bash .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

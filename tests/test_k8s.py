@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import ast
 import copy
-import os
 import re
-import shutil
 import subprocess
 import tomllib
 import warnings
@@ -22,6 +20,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
+from tests.servers import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -34,17 +34,6 @@ METRICS_PORT = 8080
 
 # Importing Ray's Serve schema warns about Ray's own use of Pydantic; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20")
-
-
-def require_tool(name: str) -> str:
-    """Path of a command-line tool; skip without it locally, fail in CI (where .ci/run installs it)."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found (bash .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def validate(doc: dict[str, Any], version: str) -> None:

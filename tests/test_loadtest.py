@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.shapes import USER_CLASSES
 from loadtest.run_load import run_step
+from loadtest.shapes import USER_CLASSES
 from tests.servers import standalone_server
 
 ROOT = Path(__file__).resolve().parents[1]

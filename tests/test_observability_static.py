@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 import yaml
+
+from tests.servers import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -36,17 +35,6 @@ ALERTS = {"SwiftEmbedHighP99Latency", "SwiftEmbedHighErrorRate", "SwiftEmbedNoHe
 # Grafana variables and what to put in their place so that promtool can parse an expression.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$application": "swiftembed"}
 METRIC_NAME = re.compile(r"\bray_[A-Za-z0-9_]+")
-
-
-def require_tool(name: str) -> str:
-    """Path of a command-line tool; skip without it locally, fail in CI (where .ci/run installs it)."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found (bash .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def load_module(path: Path) -> ModuleType:

@@ -28,7 +28,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 
 pytestmark = pytest.mark.ray
 
@@ -175,12 +175,7 @@ def prometheus(ray_serve, tmp_path_factory):
             time.sleep(0.2)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

@@ -187,7 +187,8 @@ def test_four_replicas_share_one_table_and_survive_owner_death(ray_serve, embedd
         for name in ("shared", "private"):
             handle = serve.get_app_handle(name)
             for _ in range(8):
-                handle.embed.remote([" ".join(embedder.tokenizer.id_to_token(i) or "" for i in range(5, 29528, 3))]).result()
+                every_third_token = " ".join(embedder.tokenizer.id_to_token(i) or "" for i in range(5, 29528, 3))
+                handle.embed.remote([every_third_token]).result()
         shared_uss = np.median([uss_kib(r["pid"]) for r in shared])
         private_uss = np.median([uss_kib(r["pid"]) for r in private])
         table_kib = 29528 * 256 * 4 / 1024
@@ -198,8 +199,8 @@ def test_four_replicas_share_one_table_and_survive_owner_death(ray_serve, embedd
         ray.kill(owner)
         handle = serve.get_app_handle("shared")
         for _ in range(20):
-            np.testing.assert_allclose(handle.embed.remote(["still serving"]).result(), embedder.encode(["still serving"]),
-                                       atol=1e-6)
+            got = handle.embed.remote(["still serving"]).result()
+            np.testing.assert_allclose(got, embedder.encode(["still serving"]), atol=1e-6)
         # A replica started after the owner died makes a new owner and still shares the table.
         serve.run(SwiftEmbedDeployment.options(num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(), name="late",
                   route_prefix="/late")
@@ -217,7 +218,7 @@ def test_serve_configs_validate_and_build(config):
     from swiftembed.serve import build_app
 
     spec = yaml.safe_load((ROOT / "deploy" / config).read_text())
-    schema = ServeDeploySchema.model_validate(spec) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(spec)
+    schema = ServeDeploySchema.model_validate(spec)
     assert schema.applications
     for application in spec["applications"]:
         if application["import_path"] == "swiftembed.serve:build_app":
