@@ -38,11 +38,13 @@ def mean_pool(
     *,
     rows: np.ndarray | None = None,
     weights: np.ndarray | None = None,
+    mean: bool = True,
 ) -> np.ndarray:
     """Mean of each text's token rows, float32 (n, dim). A text with no tokens gets the zero vector.
 
     A token's row is `table[rows[id]] * weights[id]` (`rows` = vocabulary-quantization mapping, `weights` =
-    model or caller per-token weights); the mean divides by the token count, as model2vec does.
+    model or caller per-token weights); the mean divides by the token count, as model2vec does. `mean=False`
+    returns the sums, for callers that L2-normalize next and so need not pay for the division.
     """
     n = len(batch)
     cols = batch.ids if rows is None else rows[batch.ids]
@@ -56,7 +58,8 @@ def mean_pool(
                 if weights is not None:
                     gathered = gathered * weights[batch.ids[lo:hi], None]
                 np.add.reduce(gathered, axis=0, out=out[i])
-                out[i] /= np.float32(hi - lo)
+                if mean:
+                    out[i] /= np.float32(hi - lo)
         return out
     data = np.ones(len(cols), dtype=np.float32) if weights is None else weights[batch.ids].astype(np.float32)
     out = np.empty((n, table.shape[1]), dtype=np.float32)
@@ -73,7 +76,8 @@ def mean_pool(
         ]
         for job in jobs:
             job.result()
-    np.divide(out, np.maximum(batch.lengths, 1)[:, None].astype(np.float32), out=out)
+    if mean:
+        np.divide(out, np.maximum(batch.lengths, 1)[:, None].astype(np.float32), out=out)
     return out
 
 
