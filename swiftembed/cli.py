@@ -8,19 +8,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from swiftembed import __version__
 from swiftembed.bulk import (
     DEFAULT_CHUNK,
+    INPUT_FORMATS,
     InputError,
     JsonlWriter,
-    NpyWriter,
     Record,
     RowWriter,
-    count_lines,
     detect_format,
     encode_stream,
+    open_input,
+    open_writer,
+    output_shape,
     read_records,
 )
 from swiftembed.embedder import Embedder
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"swiftembed {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_encode(commands)
+    _add_batch(commands)
     _add_info(commands)
     _add_serve(commands)
     add_eval_command(commands)
@@ -65,16 +66,22 @@ def load_embedder(args: argparse.Namespace) -> Embedder:
 def _add_encode(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = commands.add_parser(
         "encode",
-        help="embed texts given as arguments, on stdin, or in a text/JSONL file",
-        description="Texts come from the arguments, else --input FILE (one text per line, or JSONL with "
-        "--field), else stdin (one text per line). Output goes to --output (.npy or .jsonl) or stdout (JSONL).",
+        help="embed texts given as arguments, on stdin, or in a text/JSONL/Parquet file",
+        description="Texts come from the arguments, else --input FILE (one text per line, JSONL with --field, or "
+        "Parquet with --column), else stdin (one text per line). Output goes to --output (.npy, .parquet or "
+        ".jsonl) or stdout (JSONL). Files stream in chunks of --chunk-size texts, so memory stays bounded.",
     )
     p.add_argument("texts", nargs="*", help="texts to embed")
-    p.add_argument("-i", "--input", type=Path, help="input file: .jsonl/.ndjson is JSONL, anything else text lines")
-    p.add_argument("--input-format", choices=("text", "jsonl"), help="override the format guessed from the suffix")
+    p.add_argument("-i", "--input", type=Path,
+                   help="input file: .jsonl/.ndjson is JSONL, .parquet/.pq Parquet, anything else text lines")
+    p.add_argument("--input-format", choices=INPUT_FORMATS, help="override the format guessed from the suffix")
     p.add_argument("--field", default="text", help="JSONL field holding the text (default: text)")
-    p.add_argument("-o", "--output", type=Path, help="output file: .npy (row i = record i) or .jsonl")
-    p.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="malformed JSONL lines")
+    p.add_argument("--column", default="text", help="Parquet column holding the text (default: text)")
+    p.add_argument("-o", "--output", type=Path,
+                   help="output file: .npy (row i = record i), .parquet (id = line/row number, embedding) or .jsonl")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="a malformed record (bad JSONL line, invalid UTF-8, Parquet null or non-string): stop, or "
+                   "report its line/row number and go on")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="texts encoded per step (bounds memory)")
     p.add_argument("--dimensions", type=int, help="keep the first k dimensions (re-normalized)")
     p.add_argument("--precision", choices=PRECISIONS, default="float32")
@@ -99,29 +106,23 @@ def _run_encode(args: argparse.Namespace) -> int:
         records = iter([Record(i, text) for i, text in enumerate(args.texts, start=1)])
         total = len(args.texts)
     elif args.input is not None:
-        if not args.input.is_file():
-            raise ValueError(f"input file {args.input} does not exist")
-        fmt = args.input_format or detect_format(args.input)
-        total = count_lines(args.input)
-        handle = args.input.open(encoding="utf-8", errors="strict", newline="")
-        records = read_records(handle, fmt, field=args.field, source=str(args.input), on_error=args.on_error)
+        records, total = open_input(
+            args.input, args.input_format or detect_format(args.input), field=args.field, column=args.column,
+            on_error=args.on_error, chunk_size=args.chunk_size,
+        )
     else:
-        records = read_records(sys.stdin, args.input_format or "text", field=args.field, on_error=args.on_error)
+        if args.input_format == "parquet":
+            raise ValueError("Parquet input must be a file (--input)")
+        stdin = getattr(sys.stdin, "buffer", sys.stdin)  # bytes: split on \n only, bad UTF-8 reported by line
+        records = read_records(stdin, args.input_format or "text", field=args.field, on_error=args.on_error)
 
-    writer: RowWriter
-    if args.output is not None and args.output.suffix.lower() == ".npy":
-        if total is None:  # stdin: size unknown until read; texts on stdin are held in memory
+    if args.output is None:
+        writer: RowWriter = JsonlWriter(sys.stdout)
+    else:
+        if args.output.suffix.lower() == ".npy" and total is None:  # stdin: size unknown until read, so held
             buffered = list(records)
             records, total = iter(buffered), len(buffered)
-        dim = args.dimensions or embedder.dim
-        if args.precision in ("binary", "ubinary"):
-            dim = (dim + 7) // 8
-        dtype = {"float32": np.float32, "int8": np.int8, "binary": np.int8}.get(args.precision, np.uint8)
-        writer = NpyWriter(args.output, total, dim, np.dtype(dtype))
-    elif args.output is not None:
-        writer = JsonlWriter(args.output.open("w", encoding="utf-8"))
-    else:
-        writer = JsonlWriter(sys.stdout)
+        writer = open_writer(args.output, total or 0, *output_shape(embedder.dim, args.dimensions, args.precision))
 
     bar = None
     if args.input is not None and not args.no_progress:
@@ -132,13 +133,47 @@ def _run_encode(args: argparse.Namespace) -> int:
         written = encode_stream(
             embedder, records, writer, chunk_size=args.chunk_size, progress=bar.update if bar else None, **options
         )
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{args.input}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     finally:
         if bar is not None:
             bar.close()
     if args.output is not None:
         print(f"wrote {written} embeddings to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _add_batch(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser(
+        "batch",
+        help="embed a large text/JSONL/Parquet file with Ray Data into Parquet files (id, embedding)",
+        description="Shards the input, embeds the shards on a pool of Ray actors (one Embedder each, the token "
+        "table shared per node) and writes Parquet files under OUTPUT_DIR with id = the record's 1-based line "
+        "(Parquet: row) number. Starts a local Ray unless --address names a cluster; on a cluster INPUT and "
+        "OUTPUT_DIR must be paths every node sees.",
+    )
+    p.add_argument("input", type=Path, help="input file: .jsonl/.ndjson is JSONL, .parquet/.pq Parquet, else text")
+    p.add_argument("output_dir", type=Path, help="directory for the Parquet files (created; must be empty)")
+    p.add_argument("--input-format", choices=INPUT_FORMATS, help="override the format guessed from the suffix")
+    p.add_argument("--field", default="text", help="JSONL field holding the text (default: text)")
+    p.add_argument("--column", default="text", help="Parquet column holding the text (default: text)")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="a malformed record")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all cores)")
+    p.add_argument("--workers", type=int, help="embedding actors (default: one per free CPU)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_CHUNK, help="texts per encode call in a worker")
+    add_model_options(p)
+    p.set_defaults(run=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from swiftembed.batch import run_batch
+
+    result = run_batch(
+        args.input, args.output_dir, fmt=args.input_format, field=args.field, column=args.column,
+        on_error=args.on_error, model=args.model, max_tokens=args.max_tokens, batch_size=args.batch_size,
+        address=args.address, num_cpus=args.num_cpus, workers=args.workers,
+    )
+    skipped = f", skipped {result.skipped} malformed records" if result.skipped else ""
+    print(f"wrote {result.rows} embeddings to {args.output_dir} ({result.workers} workers){skipped}", file=sys.stderr)
     return 0
 
 
