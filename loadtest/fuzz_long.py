@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import orjson
 import schemathesis
 
 HERE = Path(__file__).resolve()
@@ -36,8 +35,7 @@ ROOT = HERE.parents[1]
 NEGATIVE_STATUSES = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
 
 
-@schemathesis.serializer("application/jsonl")
-def _jsonl(ctx: Any, value: Any) -> bytes | None:
+def jsonl_body(value: Any) -> bytes | None:
     """The spec types the JSONL body as a string; anything else generated for it goes out as one JSON line."""
     if value is None:
         return None
@@ -45,7 +43,10 @@ def _jsonl(ctx: Any, value: Any) -> bytes | None:
         return value
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass")
-    return orjson.dumps(value) + b"\n"
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"  # any int size
+
+
+schemathesis.serializer("application/jsonl")(lambda ctx, value: jsonl_body(value))
 
 
 class FuzzResult:
@@ -82,7 +83,12 @@ def write_config(directory: Path) -> Path:
     path.write_text(
         f'hooks = "{HERE}"\n\n'
         "[checks.negative_data_rejection]\n"
-        f"expected-statuses = {json.dumps(NEGATIVE_STATUSES)}\n"
+        f"expected-statuses = {json.dumps(NEGATIVE_STATUSES)}\n\n"
+        # /embed/jsonl answers a malformed line with an error line inside its 200 stream (documented): a body
+        # that is "not a string" is just such a line, so the negative-data check does not apply there.
+        "[[operations]]\n"
+        'include-path = "/embed/jsonl"\n'
+        "checks.negative_data_rejection.enabled = false\n"
     )
     return path
 
@@ -103,7 +109,7 @@ def run(
         config = write_config(directory)
         command = [
             str(Path(sys.executable).with_name("st")), "--config-file", str(config), "--no-color",
-            "run", f"{url}/openapi.json", "--url", url, "--checks", "all", "--workers", str(workers),
+            "run", f"{url}/openapi.json", "--url", url, "--workers", str(workers),
             "--request-timeout", "30", "--report", "json", "--report-json-path", str(directory / "report.json"),
             "--generation-database", "none", "--warnings", "off",
         ]

@@ -33,7 +33,10 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
     texts = {"type": "array", "items": text, "minItems": 1, "maxItems": settings.max_texts}
     token_id = {"type": "integer", "minimum": 0, "maximum": vocab - 1}
     token_ids = {"type": "array", "items": token_id, "minItems": 1}
-    dimensions = {"type": "integer", "minimum": 1, "maximum": dim}
+    # Optional fields may be null (the app reads null as absent); JSON Schema's integer admits 2.0, so does the app.
+    dimensions = {"type": ["integer", "null"], "minimum": 1, "maximum": dim}
+    flag = {"type": ["boolean", "null"]}
+    name = {"type": ["string", "null"]}
     vector = {"type": "array", "items": {"type": "number"}}
     post_errors = _errors(400, 401, 413, 415, 422, 503)
     schemas: dict[str, Schema] = {
@@ -71,10 +74,10 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
                         {"type": "array", "items": token_ids, "minItems": 1, "maxItems": settings.max_texts},
                     ]
                 },
-                "model": {"type": "string"},
-                "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                "model": name,
+                "encoding_format": {"type": ["string", "null"], "enum": ["float", "base64", None]},
                 "dimensions": dimensions,
-                "user": {"type": "string"},
+                "user": name,
             },
         },
         "EmbeddingsResponse": {
@@ -109,7 +112,7 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
                     "title": "SwiftEmbed",
                     "required": ["texts"],
                     "not": {"required": ["inputs"]},
-                    "properties": {"texts": texts, "normalize": {"type": "boolean"}, "dimensions": dimensions},
+                    "properties": {"texts": texts, "normalize": flag, "dimensions": dimensions},
                 },
                 {
                     "type": "object",
@@ -117,8 +120,8 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
                     "required": ["inputs"],
                     "properties": {
                         "inputs": {"oneOf": [text, texts]},
-                        "normalize": {"type": "boolean"},
-                        "truncate": {"type": "boolean"},
+                        "normalize": flag,
+                        "truncate": flag,
                         "dimensions": dimensions,
                     },
                 },
@@ -144,12 +147,12 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
                 {
                     "type": "object",
                     "required": ["source", "targets"],
+                    "not": {"required": ["pairs"]},
                     "properties": {"source": text, "targets": texts},
                 },
                 {
                     "type": "object",
                     "required": ["pairs"],
-                    "not": {"required": ["source"]},
                     "properties": {
                         "pairs": {
                             "type": "array",
@@ -166,7 +169,17 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
             "required": ["scores"],
             "properties": {"scores": {"type": "array", "items": {"type": "number"}}},
         },
-        "TokenizeRequest": {"type": "object", "required": ["texts"], "properties": {"texts": texts}},
+        "TokenizeRequest": {
+            "oneOf": [
+                {"type": "object", "required": ["texts"], "properties": {"texts": {"oneOf": [text, texts]}}},
+                {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "not": {"required": ["texts"]},
+                    "properties": {"inputs": {"oneOf": [text, texts]}},
+                },
+            ]
+        },
         "TokenizeResponse": {
             "type": "object",
             "required": ["ids", "tokens"],
