@@ -116,7 +116,13 @@ class RayMetrics:
         return None  # Ray exports these on each node's metrics port
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=64, user_config=DEFAULT_BATCH)
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    max_ongoing_requests=64,
+    max_queued_requests=256,
+    backpressure_config={"retry_after_s": 1},  # a full queue answers 503 with Retry-After
+    user_config=DEFAULT_BATCH,
+)
 @serve.ingress()
 class SwiftEmbedDeployment:
     """One replica: the HTTP app for its ingress, batched pooling behind it, and a handle API."""
