@@ -8,9 +8,9 @@ Paths: `library` (Embedder.encode in-process; its baseline is model2vec's Static
 `standalone` (uvicorn, one process, benchmarks/noop_app.py), `serve-default` (Ray Serve's HTTP proxy) and
 `serve-throughput` (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 + HAProxy ingress), both via benchmarks/serve_driver.py
 with the no-op as a second deployment of the same options, and optionally `transformer` (the standalone app
-with all-MiniLM-L6-v2 as its backend, benchmarks/transformer_app.py; needs the `eval` extra). HTTP load is wrk (Debian) on 127.0.0.1 only, at
-concurrency 1 and 64 for single texts and 1 and 8 for the larger shapes; rounds are interleaved between our
-route and its no-op, and medians are reported.
+with all-MiniLM-L6-v2 as its backend, benchmarks/transformer_app.py; needs the `eval` extra). HTTP load is wrk
+(Debian) on 127.0.0.1 only, at concurrency 1 and 64 for single texts and 1 and 8 for the larger shapes (1 only
+for the transformer); rounds are interleaved between our route and its no-op, and medians are reported.
 """
 
 from __future__ import annotations

@@ -243,7 +243,10 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
                     "content": {"application/jsonl": {"schema": {"type": "string"}}},
                 },
                 "responses": {
-                    "200": {"description": "JSON lines", "content": {"application/jsonl": {"schema": {"type": "string"}}}},
+                    "200": {
+                        "description": "JSON lines",
+                        "content": {"application/jsonl": {"schema": {"type": "string"}}},
+                    },
                     **_errors(401, 413, 415, 503),
                 },
             }

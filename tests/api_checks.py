@@ -49,7 +49,8 @@ def check_embed_routes(url: str, embedder) -> None:
         assert tei.status_code == 200
         np.testing.assert_allclose(tei.json(), [embedder.encode(["hello world"], normalize=False)[0]], rtol=1e-6)
 
-        raw = http.post("/embed", json={"texts": TEXTS, "dimensions": 64}, headers={"Accept": "application/octet-stream"})
+        octet = {"Accept": "application/octet-stream"}
+        raw = http.post("/embed", json={"texts": TEXTS, "dimensions": 64}, headers=octet)
         assert raw.status_code == 200 and raw.headers["content-type"] == "application/octet-stream"
         count, dim = int(raw.headers["x-embedding-count"]), int(raw.headers["x-embedding-dimension"])
         assert (count, dim) == (len(TEXTS), 64)
@@ -76,11 +77,11 @@ def check_jsonl(url: str, embedder, lines: int = 2500) -> None:
 
 def check_similarity_and_tokenize(url: str, embedder) -> None:
     with httpx.Client(base_url=url, timeout=30) as http:
-        r = http.post("/similarity", json={"source": "a dog runs", "targets": ["a dog runs", "a puppy runs", "tax law"]})
+        targets = ["a dog runs", "a puppy runs", "tax law"]
+        r = http.post("/similarity", json={"source": "a dog runs", "targets": targets})
         assert r.status_code == 200
         scores = r.json()["scores"]
-        np.testing.assert_allclose(scores, embedder.similarity("a dog runs", ["a dog runs", "a puppy runs", "tax law"])[0],
-                                   atol=ATOL)
+        np.testing.assert_allclose(scores, embedder.similarity("a dog runs", targets)[0], atol=ATOL)
         assert scores[1] > scores[2]
         pairs = http.post("/similarity", json={"pairs": [["a", "a"], ["dog", "cat"]]}).json()["scores"]
         assert abs(pairs[0] - 1) < 1e-5 and len(pairs) == 2
