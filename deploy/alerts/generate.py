@@ -9,7 +9,6 @@ rules.yaml is the one source of the alert rules; the PrometheusRule carries its 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,18 +63,10 @@ def render(source: Path = SOURCE) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the PrometheusRule is out of date")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not OUTPUT.exists() or OUTPUT.read_text() != text:
-            print(f"{OUTPUT} is out of date: run python deploy/alerts/generate.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT}")
-    return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from generated import write_or_check
+
+    return write_or_check(OUTPUT, render, "python deploy/alerts/generate.py", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Metric names live only in metrics.yaml (beside this file); panels name metrics b
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -537,18 +536,10 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="exit 1 if swiftembed.json is out of date")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not OUTPUT.exists() or OUTPUT.read_text() != text:
-            print(f"{OUTPUT} is out of date: run python deploy/grafana/dashboard.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT}")
-    return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from generated import write_or_check
+
+    return write_or_check(OUTPUT, render, "python deploy/grafana/dashboard.py", __doc__, argv)
 
 
 if __name__ == "__main__":
