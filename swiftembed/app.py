@@ -72,8 +72,7 @@ class LocalBackend:
         return await anyio.to_thread.run_sync(self.pool_now, texts)
 
     def pool_now(self, texts: list[str]) -> Pooled:
-        batch = self.embedder.tokens(texts)
-        return Pooled(self.embedder.pool(batch), batch.lengths)
+        return Pooled(*self.embedder.pool_texts(texts))
 
 
 def create_app(
@@ -280,7 +279,7 @@ class EmbeddingApi:
     def check_length(self, request: Request, limit: int) -> None:
         length = _raw_header(request, b"content-length")
         if length and (not length.isdigit() or int(length) > limit):
-            raise ApiError(413, f"request body is larger than the limit of {limit} bytes", code="payload_too_large")
+            raise _too_large(limit)
 
     async def read_json(self, request: Request) -> dict[str, Any]:
         content_type = _media_type(request)
@@ -294,15 +293,23 @@ class EmbeddingApi:
         while True:  # read `receive` directly: Request.stream()'s async generator costs more than a small body
             message = await request.receive()
             if message["type"] == "http.disconnect":
-                raise ApiError(400, "the request body ended before its declared length", code="incomplete_body")
+                raise _cut_short()
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, f"request body is larger than the limit of {limit} bytes", code="payload_too_large")
+                raise _too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return wire.parse_json(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"request body is larger than the limit of {limit} bytes", code="payload_too_large")
+
+
+def _cut_short() -> ApiError:
+    return ApiError(400, "the request body ended before its declared length", code="incomplete_body")
 
 
 async def _lines(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -312,15 +319,14 @@ async def _lines(request: Request, limit: int) -> AsyncIterator[bytes]:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, f"request body is larger than the limit of {limit} bytes",
-                               code="payload_too_large")
+                raise _too_large(limit)
             buffer += chunk
             if b"\n" in buffer:
                 *complete, buffer = buffer.split(b"\n")
                 for line in complete:
                     yield line
     except ClientDisconnect:
-        raise ApiError(400, "the request body ended before its declared length", code="incomplete_body") from None
+        raise _cut_short() from None
     if buffer:
         yield buffer
 

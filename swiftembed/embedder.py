@@ -101,6 +101,11 @@ class Embedder:
             weights = token_weights if weights is None else weights * token_weights
         return mean_pool(self.table, batch, rows=self.model.mapping, weights=weights, mean=mean)
 
+    def pool_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean vectors and token counts of `texts`: what a serving backend computes per batch."""
+        batch = self.tokens(texts)
+        return self.pool(batch), batch.lengths
+
     def encode(
         self,
         texts: str | Sequence[str],

@@ -171,9 +171,9 @@ class SwiftEmbedDeployment:
         texts = [text for request in requests for text in request]
         start = time.perf_counter()
         if len(texts) >= OFFLOAD_TEXTS:
-            means, tokens = await asyncio.to_thread(self._pool_texts, texts)
+            means, tokens = await asyncio.to_thread(self.embedder.pool_texts, texts)
         else:
-            means, tokens = self._pool_texts(texts)
+            means, tokens = self.embedder.pool_texts(texts)
         self.metrics.kernel.observe((time.perf_counter() - start) * 1e3)
         self.metrics.batch_size.observe(len(texts))
         self.metrics.batch_requests.observe(len(requests))
@@ -183,10 +183,6 @@ class SwiftEmbedDeployment:
             out.append(Pooled(means[at : at + len(request)], tokens[at : at + len(request)]))
             at += len(request)
         return out
-
-    def _pool_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        batch = self.embedder.tokens(texts)
-        return self.embedder.pool(batch), batch.lengths
 
     # The DeploymentHandle API ------------------------------------------------------------------------------
     async def embed(
