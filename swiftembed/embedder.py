@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from swiftembed.model import StaticModel, load_model
-from swiftembed.pooling import PRECISIONS, Precision, finish, mean_pool
+from swiftembed.pooling import DENSE_BELOW, PRECISIONS, Precision, finish, mean_pool, pool_lists
 from swiftembed.tokenizer import TextTokenizer, TokenBatch
 
 # Texts per kernel call inside `encode`: bounds the temporary memory of very large inputs.
@@ -101,10 +101,17 @@ class Embedder:
             weights = token_weights if weights is None else weights * token_weights
         return mean_pool(self.table, batch, rows=self.model.mapping, weights=weights, mean=mean)
 
-    def pool_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Mean vectors and token counts of `texts`: what a serving backend computes per batch."""
+    def pool_texts(self, texts: Sequence[str], *, mean: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Mean vectors (sums if not `mean`) and token counts of `texts`: what a serving backend computes per batch.
+
+        A few texts skip the CSR batch: their id lists are gathered directly, a third of the cost of one query.
+        """
+        if len(texts) < DENSE_BELOW:
+            id_lists = self.tokenizer.id_lists(texts)
+            means = pool_lists(self.table, id_lists, rows=self.model.mapping, weights=self.model.weights, mean=mean)
+            return means, np.array([len(ids) for ids in id_lists], dtype=np.int64)
         batch = self.tokens(texts)
-        return self.pool(batch), batch.lengths
+        return self.pool(batch, mean=mean), batch.lengths
 
     def encode(
         self,
@@ -127,7 +134,9 @@ class Embedder:
             )[0]
         self.check_options(dimensions, precision)
         normalize = self.normalize if normalize is None else normalize
-        if len(texts) <= CHUNK_TEXTS:
+        if token_weights is None and len(texts) < DENSE_BELOW:
+            means = self.pool_texts(texts, mean=not normalize)[0]
+        elif len(texts) <= CHUNK_TEXTS:
             means = self.pool(self.tokens(texts), token_weights, mean=not normalize)
         else:
             means = np.concatenate(
@@ -146,13 +155,21 @@ class Embedder:
         self,
         means: np.ndarray,
         *,
+        tokens: np.ndarray | None = None,
         normalize: bool | None = None,
         dimensions: int | None = None,
         precision: Precision = "float32",
         inplace: bool = False,
     ) -> np.ndarray:
-        """Mean vectors from `pool` to the requested output (see `encode`); `inplace` may reuse `means`."""
+        """Mean vectors from `pool` to the requested output (see `encode`); `inplace` may reuse `means`.
+
+        With `tokens` (the token counts), `means` are the sums of `pool(mean=False)`: they are divided only if
+        the output is not normalized, the one case where the mean itself is the answer.
+        """
         normalize = self.normalize if normalize is None else normalize
+        if tokens is not None and not normalize:
+            means = means / np.maximum(tokens, 1).astype(np.float32)[:, None]
+            inplace = True
         ranges = self.calibration_ranges(dimensions, normalize) if precision in ("int8", "uint8") else None
         return finish(
             means, normalize_rows=normalize, dimensions=dimensions, precision=precision, ranges=ranges, inplace=inplace

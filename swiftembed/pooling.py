@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -21,7 +22,7 @@ Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = ("float32", "int8", "uint8", "binary", "ubinary")
 
 # Below this many texts a dense gather beats building a sparse matrix (scipy's per-call overhead).
-_DENSE_BELOW = 4
+DENSE_BELOW = 4
 # From this many tokens the product is split over threads (scipy's kernel releases the GIL).
 _THREADED_FROM = 32_768
 _THREADS = min(os.cpu_count() or 1, 4)
@@ -47,20 +48,14 @@ def mean_pool(
     returns the sums, for callers that L2-normalize next and so need not pay for the division.
     """
     n = len(batch)
-    cols = batch.ids if rows is None else rows[batch.ids]
-    if n < _DENSE_BELOW:
+    if n < DENSE_BELOW:
         bounds = batch.offsets.tolist()
         out = np.zeros((n, table.shape[1]), dtype=np.float32)
         for i in range(n):
-            lo, hi = bounds[i], bounds[i + 1]
-            if hi > lo:
-                gathered = table[cols[lo:hi]].astype(np.float32, copy=False)
-                if weights is not None:
-                    gathered = gathered * weights[batch.ids[lo:hi], None]
-                np.add.reduce(gathered, axis=0, out=out[i])
-                if mean:
-                    out[i] /= np.float32(hi - lo)
+            if bounds[i + 1] > bounds[i]:
+                _pool_into(out[i], table, batch.ids[bounds[i] : bounds[i + 1]], rows, weights, mean)
         return out
+    cols = batch.ids if rows is None else rows[batch.ids]
     data = np.ones(len(cols), dtype=np.float32) if weights is None else weights[batch.ids].astype(np.float32)
     out = np.empty((n, table.shape[1]), dtype=np.float32)
     table = _as_float32(table)
@@ -79,6 +74,35 @@ def mean_pool(
     if mean:
         np.divide(out, np.maximum(batch.lengths, 1)[:, None].astype(np.float32), out=out)
     return out
+
+
+def pool_lists(
+    table: np.ndarray,
+    id_lists: Sequence[Sequence[int]],
+    *,
+    rows: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    mean: bool = True,
+) -> np.ndarray:
+    """`mean_pool` for a few texts given as id lists (fewer than DENSE_BELOW): no CSR batch to build."""
+    out = np.zeros((len(id_lists), table.shape[1]), dtype=np.float32)
+    for i, ids in enumerate(id_lists):
+        if ids:
+            _pool_into(out[i], table, np.asarray(ids, dtype=np.intp), rows, weights, mean)
+    return out
+
+
+def _pool_into(
+    out: np.ndarray, table: np.ndarray, ids: np.ndarray, rows: np.ndarray | None, weights: np.ndarray | None,
+    mean: bool,
+) -> None:
+    """One text's (weighted) row sum or mean into `out`, by a dense gather."""
+    gathered = table.take(ids if rows is None else rows[ids], axis=0).astype(np.float32, copy=False)
+    if weights is not None:
+        gathered = gathered * weights[ids, None]
+    np.add.reduce(gathered, axis=0, out=out)
+    if mean:
+        out /= np.float32(len(ids))
 
 
 def _sparse_sum(

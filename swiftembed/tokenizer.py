@@ -89,18 +89,28 @@ class TextTokenizer:
 
     def encode(self, texts: Sequence[str]) -> TokenBatch:
         """Token ids of `texts`, ready for pooling (unknown tokens dropped, truncated to `max_tokens`)."""
+        batch = TokenBatch.from_lists(self._truncated(texts))
+        return batch if self.unk_id is None else _drop_id(batch, self.unk_id)
+
+    def id_lists(self, texts: Sequence[str]) -> list[list[int]]:
+        """What `encode` gives, as Python lists: cheaper than arrays for the few texts of a small request."""
+        id_lists = self._truncated(texts)
+        unk = self.unk_id
+        if unk is not None:
+            id_lists = [[i for i in ids if i != unk] if unk in ids else ids for ids in id_lists]
+        return id_lists
+
+    def _truncated(self, texts: Sequence[str]) -> list[list[int]]:
         if self.max_chars is not None:
             cut = self.max_chars
             texts = [text if len(text) <= cut else text[:cut] for text in texts]
         if self._fast is None:
-            id_lists = self._slow(texts)
-        else:
-            id_lists, pending = self._fast.encode(texts, self.max_tokens)
-            if pending:
-                for index, ids in zip(pending, self._slow([texts[i] for i in pending])):
-                    id_lists[index] = ids
-        batch = TokenBatch.from_lists(id_lists)
-        return batch if self.unk_id is None else _drop_id(batch, self.unk_id)
+            return self._slow(texts)
+        id_lists, pending = self._fast.encode(texts, self.max_tokens)
+        if pending:
+            for index, ids in zip(pending, self._slow([texts[i] for i in pending])):
+                id_lists[index] = ids
+        return id_lists
 
     def from_ids(self, id_lists: Sequence[Sequence[int]]) -> TokenBatch:
         """Caller-given token ids, treated as tokenized text is: truncated to `max_tokens`, unknown id dropped."""
@@ -117,7 +127,7 @@ class TextTokenizer:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Per-text token id lists, as `StaticModel.tokenize` would give them after truncation."""
-        return self.encode(texts).to_lists()
+        return self.id_lists(texts)
 
     def id_to_token(self, token_id: int) -> str | None:
         return self._tokenizer.id_to_token(token_id)
