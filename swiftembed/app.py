@@ -12,14 +12,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import anyio
 import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -39,6 +38,7 @@ JSON = "application/json"
 OCTET = "application/octet-stream"
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines", "application/json-lines")
 OPEN_PATHS = frozenset({"/health", "/metrics"})
+INTERNAL_ERROR = ApiError(500, "internal error", type="server_error", code="internal_error")
 JSONL_CHUNK = 1024  # lines encoded per kernel call on /embed/jsonl
 # Response headers a browser script may read under CORS (the raw route's shape is only in headers).
 EXPOSED_HEADERS = ["X-Processing-Time-Ms", "X-Token-Count", "X-Embedding-Count", "X-Embedding-Dimension",
@@ -47,10 +47,21 @@ EXPOSED_HEADERS = ["X-Processing-Time-Ms", "X-Token-Count", "X-Embedding-Count",
 
 @dataclass(frozen=True)
 class Pooled:
-    """Unnormalized mean vectors and token counts of a request's texts, in order."""
+    """Token row sums and token counts of a request's texts, in order (`Embedder.finish` makes them vectors)."""
 
-    means: np.ndarray
+    sums: np.ndarray
     tokens: np.ndarray
+
+
+class Answer(NamedTuple):
+    """An embedding route's whole response, sent by the front door without a Response object in between."""
+
+    body: bytes
+    media_type: str = JSON
+    status: int = 200
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    texts: int = 0
+    tokens: int = 0
 
 
 class Backend(Protocol):
@@ -72,7 +83,7 @@ class LocalBackend:
         return await anyio.to_thread.run_sync(self.pool_now, texts)
 
     def pool_now(self, texts: list[str]) -> Pooled:
-        return Pooled(*self.embedder.pool_texts(texts))
+        return Pooled(*self.embedder.pool_texts(texts, mean=False))
 
 
 def create_app(
@@ -81,7 +92,7 @@ def create_app(
     backend: Backend | None = None,
     settings: Settings | None = None,
     metrics: Metrics | None = None,
-) -> Starlette:
+) -> ASGIApp:
     """The SwiftEmbed ASGI app around one model."""
     api = EmbeddingApi(embedder, backend or LocalBackend(embedder), settings or Settings(), metrics or NoMetrics())
     return api.app
@@ -91,9 +102,10 @@ class EmbeddingApi:
     def __init__(self, embedder: Embedder, backend: Backend, settings: Settings, metrics: Metrics) -> None:
         self.embedder, self.backend, self.settings, self.metrics = embedder, backend, settings, metrics
         self.ready = True
+        # The front door answers POSTs to these itself; the router keeps them for the other methods' 405s.
+        self.hot = {"/embed": self.embed, "/v1/embeddings": self.openai_embeddings}
         routes = [
-            Route("/v1/embeddings", self.openai_embeddings, methods=["POST"]),
-            Route("/embed", self.embed, methods=["POST"]),
+            *(Route(path, _routed(handler), methods=["POST"]) for path, handler in self.hot.items()),
             Route("/embed/jsonl", self.embed_jsonl, methods=["POST"]),
             Route("/similarity", self.similarity, methods=["POST"]),
             Route("/tokenize", self.tokenize, methods=["POST"]),
@@ -103,63 +115,59 @@ class EmbeddingApi:
             Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
         self.paths = frozenset(route.path for route in routes)
-        self.hot = {"/embed": self.embed, "/v1/embeddings": self.openai_embeddings}
-        middleware = [Middleware(FrontDoor, api=self)]
-        if settings.cors_origins:  # outermost: preflights carry no API key, and 401/503 answers need CORS headers too
-            middleware.insert(
-                0,
-                Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "Accept"], expose_headers=EXPOSED_HEADERS)
-            )
-        self.app = Starlette(
+        router = Starlette(
             routes=routes,
-            middleware=middleware,
             exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected},
         )
+        # The front door sits outside Starlette, so a one-text request pays for no framework layer at all.
+        self.app: ASGIApp = FrontDoor(router, self)
+        if settings.cors_origins:  # outermost: preflights carry no API key, and 401/503 answers need CORS headers too
+            self.app = CORSMiddleware(
+                self.app, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Accept"], expose_headers=EXPOSED_HEADERS,
+            )
         self._openapi = orjson.dumps(openapi_spec(embedder, settings))
 
     # Embedding routes --------------------------------------------------------------------------------------
-    async def openai_embeddings(self, request: Request) -> Response:
+    async def openai_embeddings(self, request: Request) -> Answer:
         body = await self.read_json(request)
         req = wire.parse_openai(body, self.settings, self.embedder.dim, self.embedder.vocab_size)
         if req.texts is not None:
             pooled = await self.backend.pool(req.texts)
         else:
             batch = self.embedder.tokenizer.from_ids(req.token_ids or [])
-            pooled = Pooled(self.embedder.pool(batch), batch.lengths)
-        vectors = self.embedder.finish(pooled.means, dimensions=req.options.dimensions, inplace=True)
-        tokens = self.account(request, len(vectors), pooled)
-        return Response(wire.openai_body(vectors, self.embedder.model_id, tokens, req.encoding_format), media_type=JSON)
+            pooled = Pooled(self.embedder.pool(batch, mean=False), batch.lengths)
+        vectors = self.embedder.finish(
+            pooled.sums, tokens=pooled.tokens, dimensions=req.options.dimensions, inplace=True
+        )
+        tokens = int(pooled.tokens.sum())
+        body = wire.openai_body(vectors, self.embedder.model_id, tokens, req.encoding_format)
+        return Answer(body, texts=len(vectors), tokens=tokens)
 
-    async def embed(self, request: Request) -> Response:
+    async def embed(self, request: Request) -> Answer:
         body = await self.read_json(request)
         style: wire.ErrorStyle = "tei" if "inputs" in body else "openai"
         try:
             req, style = wire.parse_embed(body, self.settings, self.embedder.dim)
         except ApiError as error:
-            return _error_response(error, style)
+            return _error_answer(error, style)
         assert req.texts is not None
         pooled = await self.backend.pool(req.texts)
         vectors = self.embedder.finish(
-            pooled.means, normalize=req.options.normalize, dimensions=req.options.dimensions, inplace=True
+            pooled.sums, tokens=pooled.tokens, normalize=req.options.normalize, dimensions=req.options.dimensions,
+            inplace=True,
         )
-        tokens = self.account(request, len(vectors), pooled)
+        texts, tokens = len(vectors), int(pooled.tokens.sum())
         if _accepts_octet_stream(request):
-            return Response(
-                wire.raw_body(vectors),
-                media_type=OCTET,
-                headers={
-                    "X-Embedding-Count": str(vectors.shape[0]),
-                    "X-Embedding-Dimension": str(vectors.shape[1]),
-                    "X-Embedding-Dtype": "float32-le",
-                },
-            )
+            shape = ((b"x-embedding-count", b"%d" % texts), (b"x-embedding-dimension", b"%d" % vectors.shape[1]),
+                     (b"x-embedding-dtype", b"float32-le"))
+            return Answer(wire.raw_body(vectors), OCTET, headers=shape, texts=texts, tokens=tokens)
         if style == "tei":
-            return Response(wire.json_bytes(vectors), media_type=JSON)
+            return Answer(wire.json_bytes(vectors), texts=texts, tokens=tokens)
         payload = {
             "embeddings": vectors, "model": self.embedder.model_id, "dimensions": vectors.shape[1], "tokens": tokens
         }
-        return Response(wire.json_bytes(payload), media_type=JSON)
+        return Answer(wire.json_bytes(payload), texts=texts, tokens=tokens)
 
     async def embed_jsonl(self, request: Request) -> Response:
         content_type = _media_type(request)
@@ -215,17 +223,18 @@ class EmbeddingApi:
         if not pending:
             return b"", 0
         pooled = await self.backend.pool([text for _, text in pending])
-        vectors = self.embedder.finish(pooled.means, inplace=True)
+        vectors = self.embedder.finish(pooled.sums, tokens=pooled.tokens, inplace=True)
         return wire.jsonl_lines([i for i, _ in pending], vectors), int(pooled.tokens.sum())
 
     async def similarity(self, request: Request) -> Response:
         body = await self.read_json(request)
         left, right, pairwise = wire.parse_similarity(body, self.settings)
         pooled = await self.backend.pool(left + right)
-        vectors = self.embedder.finish(pooled.means, normalize=True, inplace=True)
+        vectors = self.embedder.finish(pooled.sums, normalize=True, inplace=True)
         a, b = vectors[: len(left)], vectors[len(left) :]
         scores = np.einsum("ij,ij->i", a, b) if pairwise else b @ a[0]
-        self.account(request, len(vectors), pooled)
+        request.state.texts = len(vectors)
+        request.state.tokens = int(pooled.tokens.sum())
         return Response(wire.json_bytes({"scores": scores}), media_type=JSON)
 
     async def tokenize(self, request: Request) -> Response:
@@ -270,22 +279,18 @@ class EmbeddingApi:
         return Response(self._openapi, media_type=JSON)
 
     # Helpers -----------------------------------------------------------------------------------------------
-    def account(self, request: Request, texts: int, pooled: Pooled) -> int:
-        tokens = int(pooled.tokens.sum())
-        request.state.texts = texts
-        request.state.tokens = tokens
-        return tokens
-
     def check_length(self, request: Request, limit: int) -> None:
         length = _raw_header(request, b"content-length")
         if length and (not length.isdigit() or int(length) > limit):
             raise _too_large(limit)
 
     async def read_json(self, request: Request) -> dict[str, Any]:
-        content_type = _media_type(request)
-        if content_type and content_type != JSON and not content_type.endswith("+json"):
-            raise ApiError(415, f"Content-Type must be application/json, got {content_type}",
-                           code="unsupported_media_type")
+        content_type = _header(request.scope, b"content-type")
+        if content_type and content_type != b"application/json":  # the exact usual value needs no parsing
+            media_type = content_type.decode("latin-1").split(";", 1)[0].strip().lower()
+            if media_type and media_type != JSON and not media_type.endswith("+json"):
+                raise ApiError(415, f"Content-Type must be application/json, got {media_type}",
+                               code="unsupported_media_type")
         limit = self.settings.max_body_bytes
         self.check_length(request, limit)
         chunks: list[bytes] = []
@@ -353,7 +358,11 @@ class JsonLinesResponse(Response):
 
 
 class FrontDoor:
-    """Auth, the concurrency bound, X-Processing-Time-Ms / X-Token-Count headers and metrics, for every route."""
+    """Auth, the concurrency bound, X-Processing-Time-Ms / X-Token-Count headers and metrics, for every route.
+
+    POSTs to the embedding routes are answered here directly (handler -> `Answer` -> two ASGI messages): for a
+    one-text request the router, Response objects and header wrappers would cost as much as the embedding.
+    """
 
     def __init__(self, app: ASGIApp, api: EmbeddingApi) -> None:
         self.app, self.api = app, api
@@ -367,7 +376,47 @@ class FrontDoor:
             return
         start = time.perf_counter()
         path = _route_path(scope)
-        route = path if path in self.api.paths else "other"
+        error = self.refuse(scope, path)
+        handler = self.api.hot.get(path) if scope["method"] == "POST" else None
+        if error is None and handler is not None:
+            await self.answer(handler, path, start, scope, receive, send)
+        else:
+            await self.route(error, path, start, scope, receive, send)
+
+    async def answer(
+        self, handler: Callable[[Request], Awaitable[Answer]], path: str, start: float, scope: Scope, receive: Receive,
+        send: Send,
+    ) -> None:
+        self.in_flight += 1
+        status = 500
+        answer = None
+        try:
+            try:
+                answer = await handler(Request(scope, receive))
+            except ApiError as error:
+                answer = _error_answer(error)
+            except Exception:
+                log.exception("unexpected error on POST %s", path)
+                answer = _error_answer(INTERNAL_ERROR)
+            status = answer.status
+            headers = [
+                (b"content-type", answer.media_type.encode()),
+                (b"content-length", b"%d" % len(answer.body)),
+                *answer.headers,
+                (b"x-processing-time-ms", b"%.3f" % ((time.perf_counter() - start) * 1e3)),
+                (b"x-token-count", b"%d" % answer.tokens),
+            ]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": answer.body})
+        finally:
+            self.in_flight -= 1
+            texts, tokens = (answer.texts, answer.tokens) if answer is not None else (0, 0)
+            self.api.metrics.request(path, status, (time.perf_counter() - start) * 1e3, texts, tokens)
+
+    async def route(
+        self, error: ApiError | None, path: str, start: float, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Every other request: through Starlette's router, or refused with `error`."""
         state: dict[str, Any] = scope.setdefault("state", {})
         status = 500
 
@@ -383,30 +432,22 @@ class FrontDoor:
             await send(message)
 
         try:
-            error = self.refuse(scope, path)
             if error is not None:
                 await _send_error(error, send_with_headers)
                 return
             self.in_flight += 1
             try:
-                endpoint = self.api.hot.get(path) if scope["method"] == "POST" else None
-                if endpoint is None:
-                    await self.app(scope, receive, send_with_headers)
-                else:  # the embedding routes skip the router's matching and wrappers: same handler, less overhead
-                    try:
-                        response = await endpoint(Request(scope, receive))
-                    except ApiError as error:
-                        response = _error_response(error)
-                    await response(scope, receive, send_with_headers)
+                await self.app(scope, receive, send_with_headers)
             finally:
                 self.in_flight -= 1
         finally:
+            route = path if path in self.api.paths else "other"
             latency = (time.perf_counter() - start) * 1e3
             self.api.metrics.request(route, status, latency, state.get("texts", 0), state.get("tokens", 0))
 
     def refuse(self, scope: Scope, path: str) -> ApiError | None:
         if self.expected is not None and path not in OPEN_PATHS:
-            given = dict(scope["headers"]).get(b"authorization", b"")
+            given = _header(scope, b"authorization")
             if not hmac.compare_digest(given, self.expected):
                 return ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)",
                                 type="authentication_error", code="invalid_api_key",
@@ -429,6 +470,23 @@ def _error_response(error: ApiError, style: wire.ErrorStyle = "openai") -> Respo
     return Response(error.body(style), status_code=error.status, media_type=JSON, headers=error.headers)
 
 
+def _error_answer(error: ApiError, style: wire.ErrorStyle = "openai") -> Answer:
+    headers = tuple((k.lower().encode(), v.encode()) for k, v in error.headers.items())
+    return Answer(error.body(style), status=error.status, headers=headers)
+
+
+def _routed(handler: Callable[[Request], Awaitable[Answer]]) -> Callable[[Request], Awaitable[Response]]:
+    """A hot handler as a router endpoint (for an app mounted without its front door)."""
+
+    async def endpoint(request: Request) -> Response:
+        answer = await handler(request)
+        request.state.texts, request.state.tokens = answer.texts, answer.tokens
+        headers = {k.decode(): v.decode() for k, v in answer.headers}
+        return Response(answer.body, status_code=answer.status, media_type=answer.media_type, headers=headers)
+
+    return endpoint
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return _error_response(exc)
@@ -443,7 +501,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return _error_response(ApiError(500, "internal error", type="server_error", code="internal_error"))
+    return _error_response(INTERNAL_ERROR)
 
 
 def _route_path(scope: Scope) -> str:
@@ -454,12 +512,16 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
-def _raw_header(request: Request, name: bytes) -> str:
+def _header(scope: Scope, name: bytes) -> bytes:
     """One header straight from the ASGI scope: cheaper than building Starlette's Headers per request."""
-    for key, value in request.scope["headers"]:
+    for key, value in scope["headers"]:
         if key == name:
-            return value.decode("latin-1")
-    return ""
+            return value
+    return b""
+
+
+def _raw_header(request: Request, name: bytes) -> str:
+    return _header(request.scope, name).decode("latin-1")
 
 
 def _media_type(request: Request) -> str:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -171,16 +172,16 @@ class SwiftEmbedDeployment:
         texts = [text for request in requests for text in request]
         start = time.perf_counter()
         if len(texts) >= OFFLOAD_TEXTS:
-            means, tokens = await asyncio.to_thread(self.embedder.pool_texts, texts)
+            sums, tokens = await asyncio.to_thread(partial(self.embedder.pool_texts, texts, mean=False))
         else:
-            means, tokens = self.embedder.pool_texts(texts)
+            sums, tokens = self.embedder.pool_texts(texts, mean=False)
         self.metrics.kernel.observe((time.perf_counter() - start) * 1e3)
         self.metrics.batch_size.observe(len(texts))
         self.metrics.batch_requests.observe(len(requests))
         self.largest_batch = max(self.largest_batch, len(requests))
         out, at = [], 0
         for request in requests:
-            out.append(Pooled(means[at : at + len(request)], tokens[at : at + len(request)]))
+            out.append(Pooled(sums[at : at + len(request)], tokens[at : at + len(request)]))
             at += len(request)
         return out
 
@@ -201,7 +202,9 @@ class SwiftEmbedDeployment:
         self.embedder.check_options(dimensions, precision)
         pooled = await self._pool_batch(batch) if batch else Pooled(np.zeros((0, self.embedder.dim), np.float32),
                                                                      np.zeros(0, np.int64))
-        vectors = self.embedder.finish(pooled.means, normalize=normalize, dimensions=dimensions, precision=precision)
+        vectors = self.embedder.finish(
+            pooled.sums, tokens=pooled.tokens, normalize=normalize, dimensions=dimensions, precision=precision
+        )
         return vectors[0] if single else vectors
 
     async def similarity(self, a: str | list[str], b: str | list[str]) -> np.ndarray:
