@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,10 @@ from tests.servers import free_port, wait_healthy  # noqa: E402
 
 CONCURRENCY = {"single": (1, 64), "batch-100": (1, 8), "jsonl-1000": (1, 8), "binary-100": (1, 8)}
 HTTP_PATHS = ("standalone", "serve-default", "serve-throughput")
+# One-process servers run on CPU 0 and wrk on CPU 1 (with 2+ CPUs): the scheduler cannot stack them on one core,
+# which made back-to-back runs of the same route differ by up to 20% on this 2-core VM.
+PIN = os.cpu_count() and os.cpu_count() >= 2 and shutil.which("taskset")
+SERVER_CPUS, CLIENT_CPUS = "0", "1"
 APPS = {"standalone": "benchmarks.noop_app:app", "transformer": "benchmarks.transformer_app:app"}
 
 
@@ -42,7 +47,7 @@ def start_path(path: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if path in APPS:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", APPS[path], "--host", "127.0.0.1", "--port", str(port),
+            [*(["taskset", "-c", SERVER_CPUS] if PIN else []), sys.executable, "-m", "uvicorn", APPS[path], "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "warning", "--no-access-log"], env={**env, "HF_HUB_OFFLINE": "1"}, cwd=ROOT)
         wait_healthy(f"http://127.0.0.1:{port}", timeout=180, process=process)
         return process
@@ -72,6 +77,7 @@ def start_path(path: str, port: int) -> subprocess.Popen:
 def bench_http(path: str, shapes: list[Shape], duration: int, rounds: int) -> dict[str, dict[str, float]]:
     port = free_port()
     server = start_path(path, port)
+    cpus = CLIENT_CPUS if PIN and path in APPS else None
     url = f"http://127.0.0.1:{port}"
     try:
         cases = {}
@@ -82,12 +88,12 @@ def bench_http(path: str, shapes: list[Shape], duration: int, rounds: int) -> di
                 cases[f"{path} | {shape.name} | c{c} | no-op"] = (url + "/noop", shape, c,
                                                                   {**shape.headers, "X-Shape": shape.name})
         for target, shape, c, headers in cases.values():  # warm-up
-            run_wrk(target, shape.body, connections=c, duration_s=1, threads=min(c, 2), headers=headers)
+            run_wrk(target, shape.body, connections=c, duration_s=1, threads=min(c, 2), headers=headers, cpus=cpus)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
         for _ in range(rounds):
             for name, (target, shape, c, headers) in cases.items():
                 runs[name].append(run_wrk(target, shape.body, connections=c, duration_s=duration, threads=min(c, 2),
-                                          headers=headers))
+                                          headers=headers, cpus=cpus))
         return {name: {**summarize(r), "texts_per_s": summarize(r)["rps"] * cases[name][1].texts}
                 for name, r in runs.items()}
     finally:

@@ -65,8 +65,12 @@ def run_wrk(
     duration_s: int,
     threads: int = 1,
     headers: dict[str, str] | None = None,
+    cpus: str | None = None,
 ) -> dict[str, float]:
-    """One bounded wrk run (POST `body` to `url`, which must be on 127.0.0.1): requests/s, p50/p99 in ms."""
+    """One bounded wrk run (POST `body` to `url`, which must be on 127.0.0.1): requests/s, p50/p99 in ms.
+
+    `cpus` pins wrk to those CPUs (taskset -c), away from a server pinned elsewhere.
+    """
     import re
     import subprocess
     import tempfile
@@ -86,7 +90,7 @@ def run_wrk(
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(lua)
     out = subprocess.run(
-        ["wrk", f"-t{max(1, min(threads, connections))}", f"-c{connections}", f"-d{duration_s}s", "--latency",
+        [*(["taskset", "-c", cpus] if cpus else []), "wrk", f"-t{max(1, min(threads, connections))}", f"-c{connections}", f"-d{duration_s}s", "--latency",
          "--timeout", "10s", "-s", script.name, url],
         capture_output=True, text=True, timeout=duration_s + 60, check=True,
     ).stdout
