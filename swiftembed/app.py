@@ -476,7 +476,8 @@ def _error_answer(error: ApiError, style: wire.ErrorStyle = "openai") -> Answer:
 
 
 def _routed(handler: Callable[[Request], Awaitable[Answer]]) -> Callable[[Request], Awaitable[Response]]:
-    """A hot handler as a router endpoint (for an app mounted without its front door)."""
+    """A front-door handler as a router endpoint. In the app the front door answers every POST itself; the route
+    is there so that other methods get the router's 405, and it still works if the router is used alone."""
 
     async def endpoint(request: Request) -> Response:
         answer = await handler(request)
