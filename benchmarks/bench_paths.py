@@ -47,7 +47,8 @@ def start_path(path: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if path in APPS:
         process = subprocess.Popen(
-            [*(["taskset", "-c", SERVER_CPUS] if PIN else []), sys.executable, "-m", "uvicorn", APPS[path], "--host", "127.0.0.1", "--port", str(port),
+            [*(["taskset", "-c", SERVER_CPUS] if PIN else []), sys.executable, "-m", "uvicorn", APPS[path],
+             "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "warning", "--no-access-log"], env={**env, "HF_HUB_OFFLINE": "1"}, cwd=ROOT)
         wait_healthy(f"http://127.0.0.1:{port}", timeout=180, process=process)
         return process

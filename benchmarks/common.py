@@ -90,7 +90,8 @@ def run_wrk(
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(lua)
     out = subprocess.run(
-        [*(["taskset", "-c", cpus] if cpus else []), "wrk", f"-t{max(1, min(threads, connections))}", f"-c{connections}", f"-d{duration_s}s", "--latency",
+        [*(["taskset", "-c", cpus] if cpus else []), "wrk", f"-t{max(1, min(threads, connections))}",
+         f"-c{connections}", f"-d{duration_s}s", "--latency",
          "--timeout", "10s", "-s", script.name, url],
         capture_output=True, text=True, timeout=duration_s + 60, check=True,
     ).stdout

@@ -8,9 +8,9 @@ normalization, `dimensions` truncation and output quantization are then whole-ar
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np

@@ -184,8 +184,8 @@ def write_model(out: Path, base_dir: Path, table: np.ndarray, summary: dict[str,
         shutil.copy(base_dir / name, out / name)
     save_file({"embeddings": table.astype(dtype)}, str(out / "model.safetensors"))
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "PROVENANCE.md").write_text(PROVENANCE.format(dir_name=out.name, base=base_dir.name, dtype=dtype, rows=table.shape[0],
-                                                         dim=table.shape[1], **summary))
+    facts = {"dir_name": out.name, "base": base_dir.name, "dtype": dtype, "rows": table.shape[0], "dim": table.shape[1]}
+    (out / "PROVENANCE.md").write_text(PROVENANCE.format(**facts, **summary))
     files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "SHA256SUMS")
     sums = [f"{hashlib.sha256((out / name).read_bytes()).hexdigest()}  {name}" for name in files]
     (out / "SHA256SUMS").write_text("\n".join(sums) + "\n")
