@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "potion-base-8M"
+MODELS_DIR = Path(__file__).parent / "models"
+DEFAULT_MODEL_DIR = MODELS_DIR / "potion-base-8M"
 DEFAULT_MODEL_ID = "minishlab/potion-base-8M"
 DEFAULT_MAX_TOKENS = 512
 
@@ -89,11 +90,15 @@ def load_model(
 ) -> StaticModel:
     """Load a model2vec-format model from a directory, or resolve a Hugging Face Hub id to one.
 
-    `None` loads the vendored default, potion-base-8M, with no network access.
+    `None` loads the vendored default, potion-base-8M, with no network access; so does the bare name of a model
+    shipped in the package (`swiftembed-potion-sts-8M`, see docs/quality.md).
     """
     if name_or_path is None:
         return _load_dir(DEFAULT_MODEL_DIR, DEFAULT_MODEL_ID)
     path = Path(name_or_path).expanduser()
+    bundled = MODELS_DIR / str(name_or_path)
+    if not path.exists() and "/" not in str(name_or_path) and (bundled / "model.safetensors").exists():
+        path = bundled
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"model path {path} is a file; expected a model2vec model directory")
