@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model directory or Hub id (default: vendored potion-base-8M)")
+    parser.add_argument("--model", default=None, help="model directory, bundled model name (potion-base-8M, "
+                        "swiftembed-potion-sts-8M) or Hub id (default: vendored potion-base-8M)")
     parser.add_argument("--max-tokens", type=int, default=-1, help="tokens per text (default: the model's, 512)")
 
 

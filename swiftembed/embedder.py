@@ -51,7 +51,7 @@ class Embedder:
     def load(
         cls, name_or_path: str | os.PathLike[str] | None = None, *, token: str | None = None, **options: object
     ) -> Embedder:
-        """Load a model directory or Hub id (`None`: the vendored potion-base-8M) and wrap it."""
+        """Load a model directory, bundled model name or Hub id (`None`: the vendored potion-base-8M) and wrap it."""
         return cls(load_model(name_or_path, token=token), **options)  # type: ignore[arg-type]
 
     # Model facts -------------------------------------------------------------------------------------------
