@@ -27,6 +27,8 @@ from tokenizers import Tokenizer
 # Every ASCII control character but tab, newline and carriage return: BertNormalizer(clean_text) deletes them.
 _ASCII_CONTROLS = [c for c in range(32) if chr(c) not in "\t\n\r"] + [127]
 _WORD_CACHE_LIMIT = 1 << 18
+# Multi-word added tokens by first word, then second word: the rest of each one's words.
+Phrases = dict[str, dict[str, set[tuple[str, ...]]]]
 
 
 @dataclass(frozen=True)
@@ -171,18 +173,18 @@ class _AsciiWordPiece:
         max_word_chars: int,
         lowercase: bool,
         added: re.Pattern[str] | None,
+        phrases: Phrases | None = None,
     ) -> None:
         self._vocab = vocab
         self._unk = (unk_id,)
         self._prefix = prefix
         self._max_word_chars = max_word_chars
         self._added = added
-        table: dict[int, Any] = {c: None for c in _ASCII_CONTROLS}
-        table.update({ord(c): " " for c in "\t\n\r"})
-        table.update({ord(c): f" {c} " for c in string.punctuation})
-        if lowercase:
-            table.update({ord(c): c.lower() for c in string.ascii_uppercase})
-        self._table = table
+        self._phrases = phrases or {}
+        # A text can only hold a phrase if it holds its first word: when all phrases share one ("not"), a substring
+        # test on the normalized text rules most texts out for less than a set lookup per word would cost.
+        self._head = next(iter(self._phrases)) if len(self._phrases) == 1 else ""
+        self._table = _ascii_table(lowercase)
         self._cache: dict[str, tuple[int, ...]] = {}
 
     @classmethod
@@ -199,37 +201,55 @@ class _AsciiWordPiece:
             or model.get("unk_token") not in model["vocab"]
         ):
             return None
-        added = [token["content"] for token in spec.get("added_tokens", []) if token["content"]]
+        lowercase = bool(normalizer.get("lowercase", True))
+        table = _ascii_table(lowercase=True)
+        added, phrases = [], {}
+        for token in spec.get("added_tokens", []):
+            content = token["content"]
+            words = content.translate(table).split() if content.isascii() else []
+            if token.get("single_word") and len(words) > 1 and not token.get("special"):
+                phrases.setdefault(words[0], {}).setdefault(words[1], set()).add(tuple(words[2:]))
+            elif content:
+                added.append(content)
         pattern = re.compile("|".join(map(re.escape, added)), re.IGNORECASE) if added else None
         return cls(
             vocab=dict(model["vocab"]),
             unk_id=unk_id,
             prefix=model.get("continuing_subword_prefix") or "##",
             max_word_chars=int(model.get("max_input_chars_per_word", 100)),
-            lowercase=bool(normalizer.get("lowercase", True)),
+            lowercase=lowercase,
             added=pattern,
+            phrases=phrases,
         )
 
     def encode(self, texts: Sequence[str], max_tokens: int | None) -> tuple[list[list[int]], list[int]]:
         """Ids for each ASCII text, and the indices of texts left for the real tokenizer."""
-        table, cache, word_ids, added = self._table, self._cache, self._word_ids, self._added
+        table, cache, word_ids, added, phrases = self._table, self._cache, self._word_ids, self._added, self._phrases
+        head = self._head
         if len(cache) > _WORD_CACHE_LIMIT:
             cache.clear()
         out: list[list[int]] = []
         pending: list[int] = []
         for index, text in enumerate(texts):
-            if not text.isascii() or (added is not None and added.search(text)):
+            normalized = text.translate(table) if text.isascii() else None
+            words = normalized.split() if normalized is not None else None
+            if words is None or (added is not None and added.search(text)) or (
+                phrases and (normalized.find(head) >= 0 if head else True) and self._holds_phrase(words)
+            ):
                 pending.append(index)
                 out.append([])
                 continue
             ids: list[int] = []
-            for word in text.translate(table).split():
+            for word in words:
                 hit = cache.get(word)
                 ids.extend(hit if hit is not None else word_ids(word))
             if max_tokens is not None and len(ids) > max_tokens:
                 del ids[max_tokens:]
             out.append(ids)
         return out, pending
+
+    def _holds_phrase(self, words: list[str]) -> bool:
+        return not self._phrases.keys().isdisjoint(words) and _has_phrase(words, self._phrases)
 
     def _word_ids(self, word: str) -> tuple[int, ...]:
         """Greedy longest-match-first WordPiece, as the tokenizers crate does it."""
@@ -256,3 +276,28 @@ class _AsciiWordPiece:
                 return self._unk
             start = end
         return tuple(ids)
+
+
+def _has_phrase(words: list[str], phrases: Phrases) -> bool:
+    """Whether a multi-word added token ("not good", matched by the tokenizer only as whole words) may occur.
+
+    Such a token can only match where its own words (split as the fast path splits) follow each other in the
+    text's words, so looking them up here finds every text the real tokenizer must see: a regex over thousands of
+    phrases costs ~100 us per text, this a set lookup per word. A false alarm only costs the real tokenizer.
+    """
+    for i, word in enumerate(words[:-1]):
+        seconds = phrases.get(word)
+        rests = seconds.get(words[i + 1]) if seconds is not None else None
+        if rests is not None and any(tuple(words[i + 2 : i + 2 + len(rest)]) == rest for rest in rests):
+            return True
+    return False
+
+
+def _ascii_table(lowercase: bool) -> dict[int, Any]:
+    """BertNormalizer + BertPreTokenizer on ASCII as one str.translate table (then str.split)."""
+    table: dict[int, Any] = {c: None for c in _ASCII_CONTROLS}
+    table.update({ord(c): " " for c in "\t\n\r"})
+    table.update({ord(c): f" {c} " for c in string.punctuation})
+    if lowercase:
+        table.update({ord(c): c.lower() for c in string.ascii_uppercase})
+    return table

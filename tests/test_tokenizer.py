@@ -12,9 +12,10 @@ from swiftembed.model import load_model
 from swiftembed.tokenizer import TextTokenizer, TokenBatch
 
 
-@pytest.fixture(scope="module")
-def pair() -> tuple[TextTokenizer, TextTokenizer]:
-    tokenizer = load_model().tokenizer
+# Both bundled tokenizers: potion-base-8M's, and swiftembed-potion-sts-8M's with ~4,000 "not X" phrase tokens.
+@pytest.fixture(scope="module", params=[None, "swiftembed-potion-sts-8M"], ids=["potion", "phrases"])
+def pair(request) -> tuple[TextTokenizer, TextTokenizer]:
+    tokenizer = load_model(request.param).tokenizer
     return TextTokenizer(tokenizer, 512, fast_path=True), TextTokenizer(tokenizer, 512, fast_path=False)
 
 
@@ -28,6 +29,7 @@ ASCII_NOISE = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127)
 WORDY = st.lists(
     st.one_of(
         st.sampled_from(["the", "The", "DOG", "running", "un", "##", "[SEP]", "[sep]", "[MASK", "x" * 101, "x" * 100]),
+        st.sampled_from(["not", "Not", "NOT", "cannot", " ", "good", "goodness", "open", "well", "known", "acid"]),
         st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=30),
         st.sampled_from(list(string.punctuation + string.whitespace) + ["\x00", "\x12", "\x1c", "\x7f", "\x0b"]),
     ),
@@ -58,6 +60,12 @@ def test_word_length_limit(pair):
 
 def test_added_tokens_fall_back(pair):
     assert_same(pair, ["a [SEP] b", "[CLS][MASK]", "[PAD] [UNK] [unk]", "[sep]", "x[MASK]y"])
+
+
+def test_phrase_tokens_fall_back(pair):
+    assert_same(pair, ["The food was not good.", "NOT GOOD", "cannot goodness", "not  good", "not\tgood!",
+                       "not\x00good", "_not good_", "not good's", "it's not open-ended", "not", "good not",
+                       "not not good", "He did not pass; it was not safe, not cold and not correct."])
 
 
 def test_truncation(pair):
