@@ -13,7 +13,7 @@ import pytest
 from swiftembed import Embedder
 from swiftembed.evaluate import SUITE_COUNTS, Pair, accuracy, check_suite, evaluate_sts, read_pairs, run_suite
 from swiftembed.model import DEFAULT_MODEL_DIR
-from training.corpus import WORDNET_DIR, sample_sentences, wordnet_sentences
+from training.corpus import WORDNET_DIR, sample_sentences, wordnet_antonyms, wordnet_sentences
 from training.train import split_pairs
 
 TRAINED_DIR = DEFAULT_MODEL_DIR.parent / "swiftembed-potion-sts-8M"
@@ -41,17 +41,31 @@ def test_trained_model_files_match_their_checksums():
 
 
 def test_trained_model_costs_what_the_base_costs(trained, base):
-    assert trained.model.embeddings.shape == base.model.embeddings.shape
-    assert (TRAINED_DIR / "tokenizer.json").read_bytes() == (DEFAULT_MODEL_DIR / "tokenizer.json").read_bytes()
-    assert (TRAINED_DIR / "model.safetensors").stat().st_size <= 32 * 2**20
+    """Same tokenizer plus the "not X" phrase tokens; one row per token id; the table within 32 MB."""
+    rows, dim = base.model.embeddings.shape
+    summary = json.loads((TRAINED_DIR / "training.json").read_text())
+    assert trained.model.embeddings.shape == (rows + summary["negation_phrases"], dim)
+    assert trained.vocab_size == len(trained.model.embeddings)
+    assert trained.tokenizer._tokenizer.get_vocab(with_added_tokens=False) == \
+        base.tokenizer._tokenizer.get_vocab(with_added_tokens=False)
+    assert trained.tokenizer.has_fast_path
+    assert (TRAINED_DIR / "model.safetensors").stat().st_size <= 32e6
+    expected = base.tokenize("The food was .")[0]
+    expected.insert(3, trained.tokenizer._tokenizer.token_to_id("not good"))
+    assert trained.tokenize("The food was not good.") == [expected]
 
 
 def test_trained_model_vectors_equal_model2vec(trained):
     from model2vec import StaticModel
 
-    texts = ["A man is playing a flute.", "The food was not good.", "naïve café owners", "", "Bank of the river"]
-    reference = StaticModel.from_pretrained(str(TRAINED_DIR)).encode(texts)
-    np.testing.assert_allclose(trained.encode(texts), reference, atol=1e-6)
+    texts = ["A man is playing a flute.", "The food was not good.", "naïve café owners", "", "Bank of the river",
+             "It is NOT open, not safe and not cold.", "cannot goodness"]
+    stored = StaticModel.from_pretrained(str(TRAINED_DIR))
+    # model2vec averages a float16 table in float16; given the same rows widened, it agrees to float32 rounding.
+    np.testing.assert_allclose(trained.encode(texts), stored.encode(texts), rtol=0, atol=2e-3)
+    widened = StaticModel(vectors=stored.embedding.astype(np.float32), tokenizer=stored.tokenizer, normalize=True)
+    np.testing.assert_allclose(trained.encode(texts), widened.encode(texts), rtol=0, atol=1e-6)
+    assert [list(ids) for ids in widened.tokenize(texts)] == trained.tokenize(texts)
 
 
 @needs_stsb
@@ -61,11 +75,12 @@ def test_trained_model_beats_its_base_on_stsb_dev_by_two_points(trained, base):
     assert ours >= theirs + 2, (ours, theirs)
 
 
-def test_trained_model_loses_no_failure_mode_category(trained, base):
+def test_trained_model_loses_no_failure_mode_category_and_gains_on_negation(trained, base):
     cases = check_suite()
     ours, theirs = accuracy(run_suite(trained.encode, cases)), accuracy(run_suite(base.encode, cases))
     for category in [*SUITE_COUNTS, "overall"]:
         assert ours[category]["correct"] >= theirs[category]["correct"], category
+    assert ours["negation"]["correct"] > theirs["negation"]["correct"]
 
 
 def test_trained_model_loads_by_its_bundled_name(trained):
@@ -76,7 +91,7 @@ def test_trained_model_loads_by_its_bundled_name(trained):
 
 def test_trained_model_records_how_it_was_made():
     summary = json.loads((TRAINED_DIR / "training.json").read_text())
-    assert summary["validation_spearman"] > summary["base_validation_spearman"]
+    assert summary["final_validation_spearman"] > summary["base_validation_spearman"] + 2
     assert "wordnet-base" in (TRAINED_DIR / "PROVENANCE.md").read_text()
 
 
@@ -99,6 +114,13 @@ def test_wordnet_corpus_reads_glosses_and_examples():
     first = sample_sentences(50, seed=1, exclude={"he awoke with a painful stiffness in his neck"})
     assert first == sample_sentences(50, seed=1, exclude={"he awoke with a painful stiffness in his neck"})
     assert len(set(first)) == 50
+
+
+@needs_wordnet
+def test_wordnet_antonyms_take_the_most_frequent_sense():
+    antonyms = wordnet_antonyms()
+    assert antonyms["good"] == ["bad"] and antonyms["pass"] == ["fail"] and antonyms["cold"] == ["hot"]
+    assert len(antonyms) > 3000 and all(w.isalpha() and all(a.isalpha() for a in v) for w, v in antonyms.items())
 
 
 @needs_torch

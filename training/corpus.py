@@ -41,3 +41,61 @@ def sample_sentences(count: int, seed: int, exclude: set[str] = frozenset(), roo
     unique = sorted(set(wordnet_sentences(root)) - exclude)
     rng = random.Random(seed)
     return rng.sample(unique, min(count, len(unique)))
+
+
+def wordnet_antonyms(root: Path = WORDNET_DIR) -> dict[str, list[str]]:
+    """The antonyms of each one-word adjective or verb in its most frequent sense that has any.
+
+    ("good" -> ["bad"], "open" -> ["closed"], "pass" -> ["fail"]). WordNet stores antonyms as `!` pointers
+    between word senses (`src/tgt`: two hex digits each, numbering the word in the pointing synset and in the
+    target synset); `index.*` lists a word's senses most frequent first. Adjectives are tried before verbs.
+    """
+    antonyms: dict[str, list[str]] = {}
+    for part in ("adj", "verb"):
+        synsets = dict(_synsets(root / f"data.{part}"))
+        for word, offsets in _senses(root / f"index.{part}"):
+            if word in antonyms or not _ONE_WORD.fullmatch(word):
+                continue
+            for offset in offsets:
+                words, pointers = synsets[offset]
+                found = sorted({
+                    synsets[target][0][int(st[2:], 16) - 1]
+                    for symbol, target, st in pointers
+                    if symbol == "!" and target in synsets and int(st[:2], 16) - 1 < len(words)
+                    and words[int(st[:2], 16) - 1] == word and int(st[2:], 16)
+                })
+                found = [a for a in found if _ONE_WORD.fullmatch(a)]
+                if found:
+                    antonyms[word] = found
+                    break
+    return dict(sorted(antonyms.items()))
+
+
+def _senses(path: Path) -> Iterator[tuple[str, list[str]]]:
+    """(lemma, synset offsets, most frequent sense first) per line of an index file."""
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.startswith("  "):
+                continue
+            fields = line.split()
+            count = int(fields[2])
+            yield fields[0].lower(), fields[-count:]
+
+
+_ONE_WORD = re.compile(r"[a-z]+")
+
+
+def _synsets(path: Path) -> Iterator[tuple[str, tuple[list[str], list[tuple[str, str, str]]]]]:
+    """(offset, (words, pointers as (symbol, target offset, source/target))) per synset line of a data file."""
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.startswith("  "):
+                continue
+            fields = line.split(" | ", 1)[0].split()
+            count = int(fields[3], 16)
+            # A word may carry a syntactic marker: "long(a)".
+            words = [fields[4 + 2 * i].lower().split("(", 1)[0] for i in range(count)]
+            at = 4 + 2 * count
+            pointers = [(fields[at + 1 + 4 * i], fields[at + 2 + 4 * i], fields[at + 4 + 4 * i])
+                        for i in range(int(fields[at]))]
+            yield fields[0], (words, pointers)

