@@ -234,7 +234,7 @@ class _AsciiWordPiece:
             normalized = text.translate(table) if text.isascii() else None
             words = normalized.split() if normalized is not None else None
             if words is None or (added is not None and added.search(text)) or (
-                phrases and (normalized.find(head) >= 0 if head else True) and self._holds_phrase(words)
+                phrases and (head in normalized if head else True) and self._holds_phrase(words)
             ):
                 pending.append(index)
                 out.append([])

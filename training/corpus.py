@@ -22,18 +22,14 @@ _QUOTED = re.compile(r'"([^"]{12,300})"')
 def wordnet_sentences(root: Path = WORDNET_DIR) -> Iterator[str]:
     """Every gloss definition and quoted example, in file order (duplicates included)."""
     for part in PARTS:
-        path = root / f"data.{part}"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: install Debian's wordnet-base (apt-get install wordnet-base)")
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("  ") or " | " not in line:  # the licence header
-                    continue
-                gloss = line.split(" | ", 1)[1].strip()
-                definition = gloss.split('"', 1)[0].strip().rstrip(";").strip()
-                if len(definition) >= 12:
-                    yield definition
-                yield from (example.strip() for example in _QUOTED.findall(gloss))
+        for line in _records(root / f"data.{part}"):
+            if " | " not in line:
+                continue
+            gloss = line.split(" | ", 1)[1].strip()
+            definition = gloss.split('"', 1)[0].strip().rstrip(";").strip()
+            if len(definition) >= 12:
+                yield definition
+            yield from (example.strip() for example in _QUOTED.findall(gloss))
 
 
 def sample_sentences(count: int, seed: int, exclude: set[str] = frozenset(), root: Path = WORDNET_DIR) -> list[str]:
@@ -73,13 +69,10 @@ def wordnet_antonyms(root: Path = WORDNET_DIR) -> dict[str, list[str]]:
 
 def _senses(path: Path) -> Iterator[tuple[str, list[str]]]:
     """(lemma, synset offsets, most frequent sense first) per line of an index file."""
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if line.startswith("  "):
-                continue
-            fields = line.split()
-            count = int(fields[2])
-            yield fields[0].lower(), fields[-count:]
+    for line in _records(path):
+        fields = line.split()
+        count = int(fields[2])
+        yield fields[0].lower(), fields[-count:]
 
 
 _ONE_WORD = re.compile(r"[a-z]+")
@@ -87,15 +80,20 @@ _ONE_WORD = re.compile(r"[a-z]+")
 
 def _synsets(path: Path) -> Iterator[tuple[str, tuple[list[str], list[tuple[str, str, str]]]]]:
     """(offset, (words, pointers as (symbol, target offset, source/target))) per synset line of a data file."""
+    for line in _records(path):
+        fields = line.split(" | ", 1)[0].split()
+        count = int(fields[3], 16)
+        # A word may carry a syntactic marker: "long(a)".
+        words = [fields[4 + 2 * i].lower().split("(", 1)[0] for i in range(count)]
+        at = 4 + 2 * count
+        pointers = [(fields[at + 1 + 4 * i], fields[at + 2 + 4 * i], fields[at + 4 + 4 * i])
+                    for i in range(int(fields[at]))]
+        yield fields[0], (words, pointers)
+
+
+def _records(path: Path) -> Iterator[str]:
+    """The lines of a WordNet data or index file, without the licence header (its lines start with two spaces)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: install Debian's wordnet-base (apt-get install wordnet-base)")
     with path.open(encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if line.startswith("  "):
-                continue
-            fields = line.split(" | ", 1)[0].split()
-            count = int(fields[3], 16)
-            # A word may carry a syntactic marker: "long(a)".
-            words = [fields[4 + 2 * i].lower().split("(", 1)[0] for i in range(count)]
-            at = 4 + 2 * count
-            pointers = [(fields[at + 1 + 4 * i], fields[at + 2 + 4 * i], fields[at + 4 + 4 * i])
-                        for i in range(int(fields[at]))]
-            yield fields[0], (words, pointers)
+        yield from (line for line in handle if not line.startswith("  "))
