@@ -25,7 +25,7 @@ encode = load_contextual()
 class TransformerBackend:
     async def pool(self, texts: list[str]) -> Pooled:
         vectors = np.asarray(encode(texts), dtype=np.float32)
-        return Pooled(vectors, np.zeros(len(texts), dtype=np.int64))
+        return Pooled(vectors, [0] * len(texts))
 
 
 embedder = Embedder.load()  # only for the app's parsing limits and response finishing (normalize is idempotent)

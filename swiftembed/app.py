@@ -11,7 +11,6 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import anyio
@@ -45,12 +44,11 @@ EXPOSED_HEADERS = ["X-Processing-Time-Ms", "X-Token-Count", "X-Embedding-Count",
                    "X-Embedding-Dtype", "Retry-After"]
 
 
-@dataclass(frozen=True)
-class Pooled:
+class Pooled(NamedTuple):
     """Token row sums and token counts of a request's texts, in order (`Embedder.finish` makes them vectors)."""
 
     sums: np.ndarray
-    tokens: np.ndarray
+    tokens: list[int]
 
 
 class Answer(NamedTuple):
@@ -62,6 +60,9 @@ class Answer(NamedTuple):
     headers: tuple[tuple[bytes, bytes], ...] = ()
     texts: int = 0
     tokens: int = 0
+
+
+Handler = Callable[[Scope, Receive], Awaitable[Answer]]  # an embedding route, answered by the front door
 
 
 class Backend(Protocol):
@@ -129,23 +130,23 @@ class EmbeddingApi:
         self._openapi = orjson.dumps(openapi_spec(embedder, settings))
 
     # Embedding routes --------------------------------------------------------------------------------------
-    async def openai_embeddings(self, request: Request) -> Answer:
-        body = await self.read_json(request)
+    async def openai_embeddings(self, scope: Scope, receive: Receive) -> Answer:
+        body = await self.read_json(scope, receive)
         req = wire.parse_openai(body, self.settings, self.embedder.dim, self.embedder.vocab_size)
         if req.texts is not None:
             pooled = await self.backend.pool(req.texts)
         else:
             batch = self.embedder.tokenizer.from_ids(req.token_ids or [])
-            pooled = Pooled(self.embedder.pool(batch, mean=False), batch.lengths)
+            pooled = Pooled(self.embedder.pool(batch, mean=False), batch.lengths.tolist())
         vectors = self.embedder.finish(
             pooled.sums, tokens=pooled.tokens, dimensions=req.options.dimensions, inplace=True
         )
-        tokens = int(pooled.tokens.sum())
+        tokens = sum(pooled.tokens)
         body = wire.openai_body(vectors, self.embedder.model_id, tokens, req.encoding_format)
         return Answer(body, texts=len(vectors), tokens=tokens)
 
-    async def embed(self, request: Request) -> Answer:
-        body = await self.read_json(request)
+    async def embed(self, scope: Scope, receive: Receive) -> Answer:
+        body = await self.read_json(scope, receive)
         style: wire.ErrorStyle = "tei" if "inputs" in body else "openai"
         try:
             req, style = wire.parse_embed(body, self.settings, self.embedder.dim)
@@ -157,8 +158,8 @@ class EmbeddingApi:
             pooled.sums, tokens=pooled.tokens, normalize=req.options.normalize, dimensions=req.options.dimensions,
             inplace=True,
         )
-        texts, tokens = len(vectors), int(pooled.tokens.sum())
-        if _accepts_octet_stream(request):
+        texts, tokens = len(vectors), sum(pooled.tokens)
+        if OCTET.encode() in _header(scope, b"accept"):
             shape = ((b"x-embedding-count", b"%d" % texts), (b"x-embedding-dimension", b"%d" % vectors.shape[1]),
                      (b"x-embedding-dtype", b"float32-le"))
             return Answer(wire.raw_body(vectors), OCTET, headers=shape, texts=texts, tokens=tokens)
@@ -170,11 +171,11 @@ class EmbeddingApi:
         return Answer(wire.json_bytes(payload), texts=texts, tokens=tokens)
 
     async def embed_jsonl(self, request: Request) -> Response:
-        content_type = _media_type(request)
+        content_type = _media_type(request.scope)
         if content_type not in JSONL_TYPES:
             raise ApiError(415, f"/embed/jsonl takes Content-Type application/jsonl, got {content_type or 'none'}",
                            code="unsupported_media_type")
-        self.check_length(request, self.settings.max_jsonl_bytes)
+        self.check_length(request.scope, self.settings.max_jsonl_bytes)
         return JsonLinesResponse(self.jsonl_lines(request))
 
     async def jsonl_lines(self, request: Request) -> AsyncIterator[bytes]:
@@ -224,21 +225,21 @@ class EmbeddingApi:
             return b"", 0
         pooled = await self.backend.pool([text for _, text in pending])
         vectors = self.embedder.finish(pooled.sums, tokens=pooled.tokens, inplace=True)
-        return wire.jsonl_lines([i for i, _ in pending], vectors), int(pooled.tokens.sum())
+        return wire.jsonl_lines([i for i, _ in pending], vectors), sum(pooled.tokens)
 
     async def similarity(self, request: Request) -> Response:
-        body = await self.read_json(request)
+        body = await self.read_json(request.scope, request.receive)
         left, right, pairwise = wire.parse_similarity(body, self.settings)
         pooled = await self.backend.pool(left + right)
         vectors = self.embedder.finish(pooled.sums, normalize=True, inplace=True)
         a, b = vectors[: len(left)], vectors[len(left) :]
         scores = np.einsum("ij,ij->i", a, b) if pairwise else b @ a[0]
         request.state.texts = len(vectors)
-        request.state.tokens = int(pooled.tokens.sum())
+        request.state.tokens = sum(pooled.tokens)
         return Response(wire.json_bytes({"scores": scores}), media_type=JSON)
 
     async def tokenize(self, request: Request) -> Response:
-        body = await self.read_json(request)
+        body = await self.read_json(request.scope, request.receive)
         texts = wire.parse_tokenize(body, self.settings)
         ids = self.embedder.tokenize(texts)
         request.state.texts = len(texts)
@@ -279,24 +280,26 @@ class EmbeddingApi:
         return Response(self._openapi, media_type=JSON)
 
     # Helpers -----------------------------------------------------------------------------------------------
-    def check_length(self, request: Request, limit: int) -> None:
-        length = _raw_header(request, b"content-length")
+    def check_length(self, scope: Scope, limit: int) -> None:
+        length = _header(scope, b"content-length")
         if length and (not length.isdigit() or int(length) > limit):
             raise _too_large(limit)
 
-    async def read_json(self, request: Request) -> dict[str, Any]:
-        content_type = _header(request.scope, b"content-type")
+    async def read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        """The body as a JSON object, read from `receive` directly: Request.stream()'s async generator costs more
+        than a small body."""
+        content_type = _header(scope, b"content-type")
         if content_type and content_type != b"application/json":  # the exact usual value needs no parsing
             media_type = content_type.decode("latin-1").split(";", 1)[0].strip().lower()
             if media_type and media_type != JSON and not media_type.endswith("+json"):
                 raise ApiError(415, f"Content-Type must be application/json, got {media_type}",
                                code="unsupported_media_type")
         limit = self.settings.max_body_bytes
-        self.check_length(request, limit)
+        self.check_length(scope, limit)
         chunks: list[bytes] = []
         size = 0
-        while True:  # read `receive` directly: Request.stream()'s async generator costs more than a small body
-            message = await request.receive()
+        while True:
+            message = await receive()
             if message["type"] == "http.disconnect":
                 raise _cut_short()
             chunk = message.get("body", b"")
@@ -384,15 +387,14 @@ class FrontDoor:
             await self.route(error, path, start, scope, receive, send)
 
     async def answer(
-        self, handler: Callable[[Request], Awaitable[Answer]], path: str, start: float, scope: Scope, receive: Receive,
-        send: Send,
+        self, handler: Handler, path: str, start: float, scope: Scope, receive: Receive, send: Send
     ) -> None:
         self.in_flight += 1
         status = 500
         answer = None
         try:
             try:
-                answer = await handler(Request(scope, receive))
+                answer = await handler(scope, receive)
             except ApiError as error:
                 answer = _error_answer(error)
             except Exception:
@@ -475,12 +477,12 @@ def _error_answer(error: ApiError, style: wire.ErrorStyle = "openai") -> Answer:
     return Answer(error.body(style), status=error.status, headers=headers)
 
 
-def _routed(handler: Callable[[Request], Awaitable[Answer]]) -> Callable[[Request], Awaitable[Response]]:
+def _routed(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """A front-door handler as a router endpoint. In the app the front door answers every POST itself; the route
     is there so that other methods get the router's 405, and it still works if the router is used alone."""
 
     async def endpoint(request: Request) -> Response:
-        answer = await handler(request)
+        answer = await handler(request.scope, request.receive)
         request.state.texts, request.state.tokens = answer.texts, answer.tokens
         headers = {k.decode(): v.decode() for k, v in answer.headers}
         return Response(answer.body, status_code=answer.status, media_type=answer.media_type, headers=headers)
@@ -521,14 +523,6 @@ def _header(scope: Scope, name: bytes) -> bytes:
     return b""
 
 
-def _raw_header(request: Request, name: bytes) -> str:
-    return _header(request.scope, name).decode("latin-1")
-
-
-def _media_type(request: Request) -> str:
-    return _raw_header(request, b"content-type").split(";", 1)[0].strip().lower()
-
-
-def _accepts_octet_stream(request: Request) -> bool:
-    return OCTET in _raw_header(request, b"accept")
+def _media_type(scope: Scope) -> str:
+    return _header(scope, b"content-type").decode("latin-1").split(";", 1)[0].strip().lower()
 

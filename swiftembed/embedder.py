@@ -101,17 +101,18 @@ class Embedder:
             weights = token_weights if weights is None else weights * token_weights
         return mean_pool(self.table, batch, rows=self.model.mapping, weights=weights, mean=mean)
 
-    def pool_texts(self, texts: Sequence[str], *, mean: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def pool_texts(self, texts: Sequence[str], *, mean: bool = True) -> tuple[np.ndarray, list[int]]:
         """Mean vectors (sums if not `mean`) and token counts of `texts`: what a serving backend computes per batch.
 
         A few texts skip the CSR batch: their id lists are gathered directly, a third of the cost of one query.
+        The counts are a list: a request sums them, and for one text numpy would cost more than the sum.
         """
         if len(texts) < DENSE_BELOW:
             id_lists = self.tokenizer.id_lists(texts)
             means = pool_lists(self.table, id_lists, rows=self.model.mapping, weights=self.model.weights, mean=mean)
-            return means, np.array([len(ids) for ids in id_lists], dtype=np.int64)
+            return means, [len(ids) for ids in id_lists]
         batch = self.tokens(texts)
-        return self.pool(batch, mean=mean), batch.lengths
+        return self.pool(batch, mean=mean), batch.lengths.tolist()
 
     def encode(
         self,
@@ -155,7 +156,7 @@ class Embedder:
         self,
         means: np.ndarray,
         *,
-        tokens: np.ndarray | None = None,
+        tokens: Sequence[int] | np.ndarray | None = None,
         normalize: bool | None = None,
         dimensions: int | None = None,
         precision: Precision = "float32",

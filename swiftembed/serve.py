@@ -200,8 +200,7 @@ class SwiftEmbedDeployment:
         if not all(isinstance(t, str) for t in batch):
             raise TypeError("texts must be a string or a list of strings")
         self.embedder.check_options(dimensions, precision)
-        pooled = await self._pool_batch(batch) if batch else Pooled(np.zeros((0, self.embedder.dim), np.float32),
-                                                                     np.zeros(0, np.int64))
+        pooled = await self._pool_batch(batch) if batch else Pooled(np.zeros((0, self.embedder.dim), np.float32), [])
         vectors = self.embedder.finish(
             pooled.sums, tokens=pooled.tokens, normalize=normalize, dimensions=dimensions, precision=precision
         )

@@ -54,9 +54,11 @@ def test_empty_and_unknown_only_texts_are_zero_vectors(embedder):
     assert not vectors.any()
 
 
-def test_single_text_matches_batch(embedder):
-    batch = embedder.encode(VARIED_TEXTS)
-    for text, row in zip(VARIED_TEXTS, batch):
+def test_single_text_matches_batch(embedder, sentences):
+    """Bitwise: a text's vector must not depend on whether it came alone (gather + scalar norm) or in a batch."""
+    texts = VARIED_TEXTS + sentences[:500]
+    batch = embedder.encode(texts)
+    for text, row in zip(texts, batch):
         np.testing.assert_array_equal(embedder.encode(text), row)
         np.testing.assert_array_equal(embedder.encode_one(text), row)
 
