@@ -233,7 +233,7 @@ class EmbeddingApi:
         pooled = await self.backend.pool(left + right)
         vectors = self.embedder.finish(pooled.sums, normalize=True, inplace=True)
         a, b = vectors[: len(left)], vectors[len(left) :]
-        scores = np.einsum("ij,ij->i", a, b) if pairwise else b @ a[0]
+        scores = np.vecdot(a, b) if pairwise else b @ a[0]
         request.state.texts = len(vectors)
         request.state.tokens = sum(pooled.tokens)
         return Response(wire.json_bytes({"scores": scores}), media_type=JSON)

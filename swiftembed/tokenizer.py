@@ -99,13 +99,18 @@ class TextTokenizer:
         id_lists = self._truncated(texts)
         unk = self.unk_id
         if unk is not None:
-            id_lists = [[i for i in ids if i != unk] if unk in ids else ids for ids in id_lists]
+            for index, ids in enumerate(id_lists):  # a loop, not comprehensions: most texts have no unknown token
+                if unk in ids:
+                    id_lists[index] = [i for i in ids if i != unk]
         return id_lists
 
     def _truncated(self, texts: Sequence[str]) -> list[list[int]]:
-        if self.max_chars is not None:
-            cut = self.max_chars
-            texts = [text if len(text) <= cut else text[:cut] for text in texts]
+        cut = self.max_chars
+        if cut is not None:
+            for text in texts:
+                if len(text) > cut:
+                    texts = [t[:cut] for t in texts]
+                    break
         if self._fast is None:
             return self._slow(texts)
         id_lists, pending = self._fast.encode(texts, self.max_tokens)
