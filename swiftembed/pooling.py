@@ -7,6 +7,7 @@ normalization, `dimensions` truncation and output quantization are then whole-ar
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -129,7 +130,8 @@ def _as_float32(table: np.ndarray) -> np.ndarray:
 def normalize(vectors: np.ndarray) -> np.ndarray:
     """L2-normalize rows in place (zero rows stay zero), with model2vec's epsilon."""
     if len(vectors) == 1:  # the same float32 operations on scalars: bitwise the batch's row, at half the calls
-        vectors /= np.sqrt(np.vecdot(vectors, vectors)[0]) + _EPS
+        # (a double square root rounded to float32 is the correctly rounded float32 root, as np.sqrt gives)
+        vectors /= np.float32(math.sqrt(np.vecdot(vectors, vectors)[0])) + _EPS
         return vectors
     # vecdot is a gufunc: one inner loop per row, so a row's norm is the same alone or in a batch; einsum's
     # Python-level dispatch cost three times as much on a one-text request.

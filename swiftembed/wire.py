@@ -108,9 +108,10 @@ def _texts(value: object, param: str, settings: Settings, *, allow_single: bool 
             code="too_many_texts",
         )
     limit = settings.max_chars
-    if all(type(item) is str and len(item) <= limit for item in value):  # the usual case: nothing to name or cut
-        return value, False
-    return [text(item, f"{param}[{i}]", settings) for i, item in enumerate(value)], False
+    for item in value:
+        if type(item) is not str or len(item) > limit:
+            return [text(item, f"{param}[{i}]", settings) for i, item in enumerate(value)], False
+    return value, False  # the usual case: nothing to name or cut
 
 
 def text(value: object, param: str, settings: Settings) -> str:
