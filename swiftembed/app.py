@@ -7,6 +7,7 @@ door adds auth, the concurrency bound, timing headers and metrics around every r
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -28,6 +29,7 @@ from swiftembed import __version__, wire
 from swiftembed.embedder import Embedder
 from swiftembed.metrics import Metrics, NoMetrics
 from swiftembed.openapi import openapi_spec
+from swiftembed.pooling import normalize
 from swiftembed.settings import Settings
 from swiftembed.wire import ApiError
 
@@ -45,10 +47,14 @@ EXPOSED_HEADERS = ["X-Processing-Time-Ms", "X-Token-Count", "X-Embedding-Count",
 
 
 class Pooled(NamedTuple):
-    """Token row sums and token counts of a request's texts, in order (`Embedder.finish` makes them vectors)."""
+    """Token row sums and token counts of a request's texts, in order (`Embedder.finish` makes them vectors).
+
+    `unit` holds the rows already L2-normalized when the backend normalized a whole batch of requests at once.
+    """
 
     sums: np.ndarray
     tokens: list[int]
+    unit: np.ndarray | None = None
 
 
 class Answer(NamedTuple):
@@ -72,19 +78,63 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """In-process pooling; large requests run in a worker thread so they do not stall the event loop."""
+    """In-process pooling, batched across requests under load; large requests run in a worker thread.
 
-    def __init__(self, embedder: Embedder, offload_from: int = 1024) -> None:
+    Requests that reach `pool` in the same event-loop turn (as they do when many connections are busy) are
+    pooled and normalized by one kernel call: per request that saves the half-dozen numpy calls that cost a
+    one-text request as much as its tokenization. A lone request is pooled at once instead: batching only starts
+    when a probe (every `probe_every`-th request) finds company, and stops at the first batch of one.
+    """
+
+    def __init__(self, embedder: Embedder, offload_from: int = 1024, batch_below: int = 16, probe_every: int = 16):
         self.embedder = embedder
         self.offload_from = offload_from
+        self.batch_below = batch_below  # requests with more texts are pooled on their own
+        self.probe_every = probe_every
+        self.largest_batch = 0
+        self.batching = False  # whether the last batch found company: then every request joins one
+        self._batch: list[tuple[list[str], asyncio.Future[Pooled]]] | None = None
+        self._since_probe = 0
 
     async def pool(self, texts: list[str]) -> Pooled:
-        if len(texts) < self.offload_from:
+        if len(texts) >= self.offload_from:
+            return await anyio.to_thread.run_sync(self.pool_now, texts)
+        if len(texts) >= self.batch_below:
             return self.pool_now(texts)
-        return await anyio.to_thread.run_sync(self.pool_now, texts)
+        if self._batch is None and not self.batching:
+            self._since_probe += 1
+            if self._since_probe < self.probe_every:
+                return self.pool_now(texts)
+            self._since_probe = 0
+        loop = asyncio.get_running_loop()
+        if self._batch is None:
+            self._batch = []
+            loop.call_soon(self._flush)
+        future: asyncio.Future[Pooled] = loop.create_future()
+        self._batch.append((texts, future))
+        return await future
 
     def pool_now(self, texts: list[str]) -> Pooled:
         return Pooled(*self.embedder.pool_texts(texts, mean=False))
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch or [], None
+        self.batching = len(batch) > 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        try:
+            sums, tokens = self.embedder.pool_texts([text for texts, _ in batch for text in texts], mean=False)
+            unit = normalize(sums.copy())
+        except Exception as exc:  # each request answers for itself (a 500 from the front door), none hangs
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        at = 0
+        for texts, future in batch:
+            end = at + len(texts)
+            if not future.done():  # a request whose client left has been cancelled
+                future.set_result(Pooled(sums[at:end], tokens[at:end], unit[at:end]))
+            at = end
 
 
 def create_app(
@@ -138,9 +188,7 @@ class EmbeddingApi:
         else:
             batch = self.embedder.tokenizer.from_ids(req.token_ids or [])
             pooled = Pooled(self.embedder.pool(batch, mean=False), batch.lengths.tolist())
-        vectors = self.embedder.finish(
-            pooled.sums, tokens=pooled.tokens, dimensions=req.options.dimensions, inplace=True
-        )
+        vectors = self.finish(pooled, req.options)
         tokens = sum(pooled.tokens)
         body = wire.openai_body(vectors, self.embedder.model_id, tokens, req.encoding_format)
         return Answer(body, texts=len(vectors), tokens=tokens)
@@ -154,10 +202,7 @@ class EmbeddingApi:
             return _error_answer(error, style)
         assert req.texts is not None
         pooled = await self.backend.pool(req.texts)
-        vectors = self.embedder.finish(
-            pooled.sums, tokens=pooled.tokens, normalize=req.options.normalize, dimensions=req.options.dimensions,
-            inplace=True,
-        )
+        vectors = self.finish(pooled, req.options)
         texts, tokens = len(vectors), sum(pooled.tokens)
         if OCTET.encode() in _header(scope, b"accept"):
             shape = ((b"x-embedding-count", b"%d" % texts), (b"x-embedding-dimension", b"%d" % vectors.shape[1]),
@@ -280,6 +325,15 @@ class EmbeddingApi:
         return Response(self._openapi, media_type=JSON)
 
     # Helpers -----------------------------------------------------------------------------------------------
+    def finish(self, pooled: Pooled, options: wire.Options) -> np.ndarray:
+        """A request's vectors from its pooled sums (the batch's normalized rows, when those are what it asks)."""
+        normalize = self.embedder.normalize if options.normalize is None else options.normalize
+        if normalize and options.dimensions is None and pooled.unit is not None:
+            return pooled.unit
+        return self.embedder.finish(
+            pooled.sums, tokens=pooled.tokens, normalize=normalize, dimensions=options.dimensions, inplace=True
+        )
+
     def check_length(self, scope: Scope, limit: int) -> None:
         length = _header(scope, b"content-length")
         if length and (not length.isdigit() or int(length) > limit):
