@@ -29,7 +29,7 @@ from swiftembed import __version__, wire
 from swiftembed.embedder import Embedder
 from swiftembed.metrics import Metrics, NoMetrics
 from swiftembed.openapi import openapi_spec
-from swiftembed.pooling import normalize
+from swiftembed.pooling import normalize as normalize_rows
 from swiftembed.settings import Settings
 from swiftembed.wire import ApiError
 
@@ -86,7 +86,7 @@ class LocalBackend:
     when a probe (every `probe_every`-th request) finds company, and stops at the first batch of one.
     """
 
-    def __init__(self, embedder: Embedder, offload_from: int = 1024, batch_below: int = 16, probe_every: int = 16):
+    def __init__(self, embedder: Embedder, offload_from: int = 1024, batch_below: int = 16, probe_every: int = 64):
         self.embedder = embedder
         self.offload_from = offload_from
         self.batch_below = batch_below  # requests with more texts are pooled on their own
@@ -123,7 +123,7 @@ class LocalBackend:
         self.largest_batch = max(self.largest_batch, len(batch))
         try:
             sums, tokens = self.embedder.pool_texts([text for texts, _ in batch for text in texts], mean=False)
-            unit = normalize(sums.copy())
+            unit = normalize_rows(sums.copy())
         except Exception as exc:  # each request answers for itself (a 500 from the front door), none hangs
             for _, future in batch:
                 if not future.done():
@@ -328,8 +328,8 @@ class EmbeddingApi:
     def finish(self, pooled: Pooled, options: wire.Options) -> np.ndarray:
         """A request's vectors from its pooled sums (the batch's normalized rows, when those are what it asks)."""
         normalize = self.embedder.normalize if options.normalize is None else options.normalize
-        if normalize and options.dimensions is None and pooled.unit is not None:
-            return pooled.unit
+        if normalize and options.dimensions is None:  # the usual request: sums to unit rows, nothing else
+            return pooled.unit if pooled.unit is not None else normalize_rows(pooled.sums)
         return self.embedder.finish(
             pooled.sums, tokens=pooled.tokens, normalize=normalize, dimensions=options.dimensions, inplace=True
         )
