@@ -327,11 +327,11 @@ class EmbeddingApi:
     # Helpers -----------------------------------------------------------------------------------------------
     def finish(self, pooled: Pooled, options: wire.Options) -> np.ndarray:
         """A request's vectors from its pooled sums (the batch's normalized rows, when those are what it asks)."""
-        normalize = self.embedder.normalize if options.normalize is None else options.normalize
-        if normalize and options.dimensions is None:  # the usual request: sums to unit rows, nothing else
-            return pooled.unit if pooled.unit is not None else normalize_rows(pooled.sums)
+        if pooled.unit is not None and options.dimensions is None:
+            if self.embedder.normalize if options.normalize is None else options.normalize:
+                return pooled.unit
         return self.embedder.finish(
-            pooled.sums, tokens=pooled.tokens, normalize=normalize, dimensions=options.dimensions, inplace=True
+            pooled.sums, tokens=pooled.tokens, normalize=options.normalize, dimensions=options.dimensions, inplace=True
         )
 
     def check_length(self, scope: Scope, limit: int) -> None:
