@@ -37,6 +37,7 @@ log = logging.getLogger("swiftembed")
 
 JSON = "application/json"
 OCTET = "application/octet-stream"
+OCTET_BYTES = OCTET.encode()  # compared with the raw Accept header on every embedding request
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines", "application/json-lines")
 OPEN_PATHS = frozenset({"/health", "/metrics"})
 INTERNAL_ERROR = ApiError(500, "internal error", type="server_error", code="internal_error")
@@ -204,7 +205,7 @@ class EmbeddingApi:
         pooled = await self.backend.pool(req.texts)
         vectors = self.finish(pooled, req.options)
         texts, tokens = len(vectors), sum(pooled.tokens)
-        if OCTET.encode() in _header(scope, b"accept"):
+        if OCTET_BYTES in _header(scope, b"accept"):
             shape = ((b"x-embedding-count", b"%d" % texts), (b"x-embedding-dimension", b"%d" % vectors.shape[1]),
                      (b"x-embedding-dtype", b"float32-le"))
             return Answer(wire.raw_body(vectors), OCTET, headers=shape, texts=texts, tokens=tokens)
