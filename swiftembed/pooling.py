@@ -29,6 +29,7 @@ _THREADED_FROM = 32_768
 _THREADS = min(os.cpu_count() or 1, 4)
 _F32 = np.dtype(np.float32)
 _EPS = np.float32(1e-32)  # model2vec's, added to every norm
+_TINY = 1e-20  # norm + _EPS == norm in float32 for any norm above this (its ulp is > 1e-27)
 
 
 @cache
@@ -130,8 +131,11 @@ def _as_float32(table: np.ndarray) -> np.ndarray:
 def normalize(vectors: np.ndarray) -> np.ndarray:
     """L2-normalize rows in place (zero rows stay zero), with model2vec's epsilon."""
     if len(vectors) == 1:  # the same float32 operations on scalars: bitwise the batch's row, at half the calls
-        # (a double square root rounded to float32 is the correctly rounded float32 root, as np.sqrt gives)
-        vectors /= np.float32(math.sqrt(np.vecdot(vectors, vectors)[0])) + _EPS
+        # (`dot` runs vecdot's inner loop; a double square root rounded to float32 is the correctly rounded
+        # float32 root, as np.sqrt gives; above _TINY, adding _EPS leaves a float32 norm unchanged)
+        row = vectors[0]
+        norm = np.float32(math.sqrt(row.dot(row)))
+        vectors /= norm if norm > _TINY else norm + _EPS
         return vectors
     # vecdot is a gufunc: one inner loop per row, so a row's norm is the same alone or in a batch; einsum's
     # Python-level dispatch cost three times as much on a one-text request.
