@@ -217,7 +217,7 @@ class EmbeddingApi:
         return Answer(wire.json_bytes(payload), texts=texts, tokens=tokens)
 
     async def embed_jsonl(self, request: Request) -> Response:
-        content_type = _media_type(request.scope)
+        content_type = _media_type(_header(request.scope, b"content-type"))
         if content_type not in JSONL_TYPES:
             raise ApiError(415, f"/embed/jsonl takes Content-Type application/jsonl, got {content_type or 'none'}",
                            code="unsupported_media_type")
@@ -345,7 +345,7 @@ class EmbeddingApi:
         than a small body."""
         content_type = _header(scope, b"content-type")
         if content_type and content_type != b"application/json":  # the exact usual value needs no parsing
-            media_type = content_type.decode("latin-1").split(";", 1)[0].strip().lower()
+            media_type = _media_type(content_type)
             if media_type and media_type != JSON and not media_type.endswith("+json"):
                 raise ApiError(415, f"Content-Type must be application/json, got {media_type}",
                                code="unsupported_media_type")
@@ -578,6 +578,7 @@ def _header(scope: Scope, name: bytes) -> bytes:
     return b""
 
 
-def _media_type(scope: Scope) -> str:
-    return _header(scope, b"content-type").decode("latin-1").split(";", 1)[0].strip().lower()
+def _media_type(content_type: bytes) -> str:
+    """The media type of a raw Content-Type header value, without parameters."""
+    return content_type.decode("latin-1").split(";", 1)[0].strip().lower()
 
