@@ -95,8 +95,9 @@ def bench_http(path: str, shapes: list[Shape], duration: int, rounds: int) -> di
             for name, (target, shape, c, headers) in cases.items():
                 runs[name].append(run_wrk(target, shape.body, connections=c, duration_s=duration, threads=min(c, 2),
                                           headers=headers, cpus=cpus))
-        results = {name: {**summarize(r), "texts_per_s": summarize(r)["rps"] * cases[name][1].texts}
-                   for name, r in runs.items()}
+        results = {name: summarize(r) for name, r in runs.items()}
+        for name, result in results.items():
+            result["texts_per_s"] = result["rps"] * cases[name][1].texts
         for name in cases:  # each round's ours / no-op pair ran back to back: their ratio cancels slow spells
             if name.endswith("| ours"):
                 base = runs[name.removesuffix("ours") + "no-op"]
