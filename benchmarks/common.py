@@ -40,6 +40,21 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()}"
 
 
+def commit() -> str:
+    """The checked-out commit, with `+dirty` when the work tree has uncommitted changes to tracked files."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
     """Run every case once per round, rounds interleaved, so machine noise hits all cases alike."""
     times: dict[str, list[float]] = {name: [] for name in cases}

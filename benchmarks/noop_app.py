@@ -1,35 +1,36 @@
-"""The standalone server's app plus a fair no-op route (POST /noop, shape chosen by the X-Shape header).
+"""The standalone server's app with a no-op route at the same front door (POST /noop, shape chosen by X-Shape).
 
-One path switch in front: /noop goes to a one-route Starlette app (a route written the ordinary way: Starlette's
-middleware stack, router, Request and Response), everything else to SwiftEmbed's standalone app exactly as
-`swiftembed serve --standalone` serves it. Each side pays for one Starlette app; neither is mounted in the other.
+The app is built as `swiftembed serve --standalone` builds it (Batcher, PrometheusMetrics), and /noop is
+one more of the front door's own handlers beside /embed and /v1/embeddings: it pays for the same auth and
+concurrency checks, timing headers and metrics, reads the same body and answers a prepared body of the real
+answer's size. What separates the two routes is parsing, embedding and encoding: our work, not the transport.
 """
 
 from __future__ import annotations
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from benchmarks.shapes import noop_answers
 from swiftembed import Embedder
-from swiftembed.standalone import standalone_app
+from swiftembed.app import Answer, EmbeddingApi
+from swiftembed.batching import Batcher
+from swiftembed.metrics import PrometheusMetrics
+from swiftembed.settings import Settings
 
 embedder = Embedder.load()
 ANSWERS = noop_answers(embedder)
+api = EmbeddingApi(embedder, Batcher(embedder), Settings(), PrometheusMetrics())
 
 
-async def noop(request: Request) -> Response:
-    await request.body()
-    body, media_type = ANSWERS[request.headers.get("x-shape", "single")]
-    return Response(body, media_type=media_type)
+async def noop(scope: Scope, receive: Receive) -> Answer:
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    shape = next((v for k, v in scope["headers"] if k == b"x-shape"), b"single").decode()
+    body, media_type = ANSWERS[shape]
+    return Answer(body, media_type)
 
 
-noop_app = Starlette(routes=[Route("/noop", noop, methods=["POST"])])
-swiftembed_app = standalone_app(embedder)
-
-
-async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    await (noop_app if scope.get("path") == "/noop" else swiftembed_app)(scope, receive, send)
+api.hot["/noop"] = noop
+app = api.app

@@ -1,56 +1,91 @@
-"""Benchmark driver: a local Ray with SwiftEmbed at / and a same-config no-op deployment at /noop.
+"""Benchmark driver: a local Ray with SwiftEmbed at /, a same-options no-op deployment at /noop, and a caller.
 
-    python benchmarks/serve_driver.py PORT PROFILE     # prints READY, then serves until terminated
+    python benchmarks/serve_driver.py PORT INGRESS     # INGRESS: haproxy or proxy; prints READY, serves until SIGTERM
 
 The no-op deployment reads the request body and answers with a prepared body of the size the real route gives
-for the request shape named in X-Shape (benchmarks/shapes.py), with the same Serve options.
+for the request shape named in X-Shape (benchmarks/shapes.py), with the same Serve options. Its `embed` method
+is the no-op handle method: it returns a prepared array of the real answer's shape.
+
+POST /caller {"target": "ours" | "noop", "texts": N, "concurrency": C, "seconds": S} runs, inside another
+deployment as a user's own would, C concurrent loops of `await handle.embed.remote(texts)` for S seconds and
+answers {"rps", "p50_ms", "p99_ms"}.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import statistics
 import sys
 import time
 
-from swiftembed.serve import APP_NAME, NAMESPACE, SwiftEmbedDeployment, serve_environment
+from swiftembed.serve import APP_NAME, DEPLOYMENT_NAME, NAMESPACE, SwiftEmbedDeployment, serve_environment
 
-port, profile = int(sys.argv[1]), sys.argv[2]
-os.environ.update(serve_environment(profile))
-if profile == "throughput":  # keep HAProxy's files and listeners away from any other Ray on this host
-    os.environ.setdefault("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", f"/tmp/swiftembed-haproxy-{port}/haproxy.cfg")
-    os.environ.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", f"/tmp/swiftembed-haproxy-{port}/admin.sock")
-    os.environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", f"/tmp/swiftembed-haproxy-{port}")
-    os.environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", f"/tmp/swiftembed-haproxy-{port}/server-state")
-    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+port, ingress = int(sys.argv[1]), sys.argv[2]
+for key, value in serve_environment(ingress, port).items():
+    os.environ.setdefault(key, value)
 
+import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 from starlette.requests import Request  # noqa: E402
-from starlette.responses import Response  # noqa: E402
+from starlette.responses import JSONResponse, Response  # noqa: E402
 
-from benchmarks.shapes import noop_answers  # noqa: E402
+from benchmarks.shapes import SENTENCE, noop_answers  # noqa: E402
 from swiftembed import Embedder  # noqa: E402
 
-OPTIONS = {"num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5}}
+OPTIONS = {"num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5},
+           "logging_config": {"enable_access_log": False}}  # as SwiftEmbedDeployment's own default
 
 
 @serve.deployment(name="NoOp")
 class NoOp:
-    def __init__(self, answers: dict[str, tuple[bytes, str]]) -> None:
-        self.answers = answers
+    def __init__(self, answers: dict[str, tuple[bytes, str]], dim: int) -> None:
+        self.answers, self.dim = answers, dim
 
     async def __call__(self, request: Request) -> Response:
         await request.body()
         body, media_type = self.answers[request.headers.get("x-shape", "single")]
         return Response(body, media_type=media_type)
 
+    async def embed(self, texts: list[str], **options: object) -> np.ndarray:
+        return np.zeros((len(texts), self.dim), np.float32)
 
-answers = noop_answers(Embedder.load())
+
+@serve.deployment(name="Caller", ray_actor_options={"num_cpus": 0})
+class Caller:
+    def __init__(self) -> None:
+        self.handles = {"ours": serve.get_deployment_handle(DEPLOYMENT_NAME, APP_NAME),
+                        "noop": serve.get_deployment_handle("NoOp", "noop")}
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        spec = await request.json()
+        handle = self.handles[spec["target"]]
+        texts = [SENTENCE.format(i) for i in range(spec["texts"])]
+        latencies: list[float] = []
+        end = time.perf_counter() + spec["seconds"]
+
+        async def loop() -> None:
+            while time.perf_counter() < end:
+                start = time.perf_counter()
+                await handle.embed.remote(texts)
+                latencies.append(time.perf_counter() - start)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(spec["concurrency"])))
+        elapsed = time.perf_counter() - began
+        cuts = statistics.quantiles(latencies, n=100)
+        return JSONResponse({"rps": len(latencies) / elapsed, "p50_ms": statistics.median(latencies) * 1e3,
+                             "p99_ms": cuts[98] * 1e3})
+
+
+embedder = Embedder.load()
 ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
 serve.start(http_options={"host": "127.0.0.1", "port": port})
 serve.run(SwiftEmbedDeployment.options(**OPTIONS).bind(), name=APP_NAME, route_prefix="/")
-serve.run(NoOp.options(**OPTIONS).bind(answers), name="noop", route_prefix="/noop")
+serve.run(NoOp.options(**OPTIONS).bind(noop_answers(embedder), embedder.dim), name="noop", route_prefix="/noop")
+serve.run(Caller.bind(), name="caller", route_prefix="/caller")
 print("READY", flush=True)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 try:

@@ -16,7 +16,8 @@ from starlette.routing import Mount, Route
 
 from benchmarks.shapes import noop_answers
 from swiftembed import Embedder
-from swiftembed.app import Pooled, create_app
+from swiftembed.app import create_app
+from swiftembed.batching import Pooled
 from swiftembed.evaluate import load_contextual
 
 encode = load_contextual()

@@ -1,7 +1,25 @@
 """SwiftEmbed: sentence embeddings by static token lookup, served on Ray Serve."""
 
-from swiftembed.embedder import Embedder
-from swiftembed.model import ModelError, StaticModel, load_model
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["Embedder", "ModelError", "StaticModel", "load_model", "__version__"]
+
+if TYPE_CHECKING:
+    from swiftembed.embedder import Embedder
+    from swiftembed.model import ModelError, StaticModel, load_model
+
+
+def __getattr__(name: str) -> Any:
+    """Imported on first use: `swiftembed-haproxy` runs on every HAProxy (re)start and needs none of numpy's cost."""
+    if name == "Embedder":
+        from swiftembed.embedder import Embedder
+
+        return Embedder
+    if name in ("ModelError", "StaticModel", "load_model"):
+        from swiftembed import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'swiftembed' has no attribute {name!r}")

@@ -7,14 +7,12 @@ door adds auth, the concurrency bound, timing headers and metrics around every r
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
-import anyio
 import numpy as np
 import orjson
 from starlette.applications import Starlette
@@ -26,10 +24,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from swiftembed import __version__, wire
+from swiftembed.batching import Backend, Batcher, Pooled
 from swiftembed.embedder import Embedder
 from swiftembed.metrics import Metrics, NoMetrics
 from swiftembed.openapi import openapi_spec
-from swiftembed.pooling import normalize as normalize_rows
 from swiftembed.settings import Settings
 from swiftembed.wire import ApiError
 
@@ -47,17 +45,6 @@ EXPOSED_HEADERS = ["X-Processing-Time-Ms", "X-Token-Count", "X-Embedding-Count",
                    "X-Embedding-Dtype", "Retry-After"]
 
 
-class Pooled(NamedTuple):
-    """Token row sums and token counts of a request's texts, in order (`Embedder.finish` makes them vectors).
-
-    `unit` holds the rows already L2-normalized when the backend normalized a whole batch of requests at once.
-    """
-
-    sums: np.ndarray
-    tokens: list[int]
-    unit: np.ndarray | None = None
-
-
 class Answer(NamedTuple):
     """An embedding route's whole response, sent by the front door without a Response object in between."""
 
@@ -72,72 +59,6 @@ class Answer(NamedTuple):
 Handler = Callable[[Scope, Receive], Awaitable[Answer]]  # an embedding route, answered by the front door
 
 
-class Backend(Protocol):
-    """Where texts are tokenized and pooled: in-process, or batched across requests by the Ray layer."""
-
-    async def pool(self, texts: list[str]) -> Pooled: ...
-
-
-class LocalBackend:
-    """In-process pooling, batched across requests under load; large requests run in a worker thread.
-
-    Requests that reach `pool` in the same event-loop turn (as they do when many connections are busy) are
-    pooled and normalized by one kernel call: per request that saves the half-dozen numpy calls that cost a
-    one-text request as much as its tokenization. A lone request is pooled at once instead: batching only starts
-    when a probe (every `probe_every`-th request) finds company, and stops at the first batch of one.
-    """
-
-    def __init__(self, embedder: Embedder, offload_from: int = 1024, batch_below: int = 16, probe_every: int = 64):
-        self.embedder = embedder
-        self.offload_from = offload_from
-        self.batch_below = batch_below  # requests with more texts are pooled on their own
-        self.probe_every = probe_every
-        self.largest_batch = 0
-        self.batching = False  # whether the last batch found company: then every request joins one
-        self._batch: list[tuple[list[str], asyncio.Future[Pooled]]] | None = None
-        self._since_probe = 0
-
-    async def pool(self, texts: list[str]) -> Pooled:
-        if len(texts) >= self.offload_from:
-            return await anyio.to_thread.run_sync(self.pool_now, texts)
-        if len(texts) >= self.batch_below:
-            return self.pool_now(texts)
-        if self._batch is None and not self.batching:
-            self._since_probe += 1
-            if self._since_probe < self.probe_every:
-                return self.pool_now(texts)
-            self._since_probe = 0
-        loop = asyncio.get_running_loop()
-        if self._batch is None:
-            self._batch = []
-            loop.call_soon(self._flush)
-        future: asyncio.Future[Pooled] = loop.create_future()
-        self._batch.append((texts, future))
-        return await future
-
-    def pool_now(self, texts: list[str]) -> Pooled:
-        return Pooled(*self.embedder.pool_texts(texts, mean=False))
-
-    def _flush(self) -> None:
-        batch, self._batch = self._batch or [], None
-        self.batching = len(batch) > 1
-        self.largest_batch = max(self.largest_batch, len(batch))
-        try:
-            sums, tokens = self.embedder.pool_texts([text for texts, _ in batch for text in texts], mean=False)
-            unit = normalize_rows(sums.copy())
-        except Exception as exc:  # each request answers for itself (a 500 from the front door), none hangs
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        at = 0
-        for texts, future in batch:
-            end = at + len(texts)
-            if not future.done():  # a request whose client left has been cancelled
-                future.set_result(Pooled(sums[at:end], tokens[at:end], unit[at:end]))
-            at = end
-
-
 def create_app(
     embedder: Embedder,
     *,
@@ -146,7 +67,7 @@ def create_app(
     metrics: Metrics | None = None,
 ) -> ASGIApp:
     """The SwiftEmbed ASGI app around one model."""
-    api = EmbeddingApi(embedder, backend or LocalBackend(embedder), settings or Settings(), metrics or NoMetrics())
+    api = EmbeddingApi(embedder, backend or Batcher(embedder), settings or Settings(), metrics or NoMetrics())
     return api.app
 
 

@@ -208,8 +208,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Limits and auth also read SWIFTEMBED_* environment variables (see Settings); flags win.",
     )
     p.add_argument("--standalone", action="store_true", help="one uvicorn process, no Ray")
-    p.add_argument("--profile", choices=("default", "throughput"), default="default",
-                   help="Ray Serve ingress: default proxy, or throughput-optimized with HAProxy")
+    p.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
+                   help="Ray Serve ingress: HAProxy straight to the replicas (default; falls back to the proxy "
+                   "when HAProxy is missing), or Ray's default Python proxy")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (default 1)")
     p.add_argument("--metrics-port", type=int, default=8080, help="Ray's metrics export port (default 8080)")
     p.add_argument("--host", default="127.0.0.1")
@@ -250,7 +251,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         settings=settings,
         host=args.host,
         port=args.port,
-        profile=args.profile,
+        ingress=args.ingress,
         num_replicas=args.replicas,
         metrics_port=args.metrics_port,
     )

