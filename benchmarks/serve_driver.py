@@ -20,10 +20,10 @@ import statistics
 import sys
 import time
 
-from swiftembed.serve import APP_NAME, DEPLOYMENT_NAME, NAMESPACE, SwiftEmbedDeployment, serve_environment
+from swiftembed.ingress import serve_environment
 
 port, ingress = int(sys.argv[1]), sys.argv[2]
-for key, value in serve_environment(ingress, port).items():
+for key, value in serve_environment(ingress, port).items():  # before Ray is imported: it reads them at import
     os.environ.setdefault(key, value)
 
 import numpy as np  # noqa: E402
@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response  # noqa: E402
 
 from benchmarks.shapes import SENTENCE, noop_answers  # noqa: E402
 from swiftembed import Embedder  # noqa: E402
+from swiftembed.serve import APP_NAME, DEPLOYMENT_NAME, NAMESPACE, SwiftEmbedDeployment  # noqa: E402
 
 OPTIONS = {"num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5},
            "logging_config": {"enable_access_log": False}}  # as SwiftEmbedDeployment's own default

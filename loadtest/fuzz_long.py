@@ -145,11 +145,12 @@ def _serve():
     import ray
     from ray import serve
 
-    from swiftembed.serve import NAMESPACE, SwiftEmbedDeployment, serve_environment
+    from swiftembed.ingress import serve_environment
+    from swiftembed.serve import NAMESPACE, SwiftEmbedDeployment
     from tests.servers import free_port
 
-    os.environ.update(serve_environment("default"))
     port = free_port()
+    os.environ.update(serve_environment("haproxy", port))
     ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -158,10 +158,12 @@ def run(args: argparse.Namespace) -> dict:
     from ray.cluster_utils import Cluster
 
     from swiftembed import Embedder
-    from swiftembed.serve import DEPLOYMENT_NAME, NAMESPACE, SwiftEmbedDeployment, serve_environment
+    from swiftembed.ingress import serve_environment
+    from swiftembed.serve import DEPLOYMENT_NAME, NAMESPACE, SwiftEmbedDeployment
     from tests.servers import free_port
 
-    os.environ.update(serve_environment("default"))
+    # Ray's proxy: two "nodes" on one host would each start an HAProxy on the same port.
+    os.environ.update(serve_environment("proxy"))
     loopback = "127.0.0.1"
     started = time.monotonic()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})

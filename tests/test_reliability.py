@@ -411,20 +411,18 @@ def _rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def _serve_proxy_pid() -> int:
-    import ray
-    from ray.serve.context import _get_global_client
-
-    proxies = ray.get(_get_global_client()._controller.get_proxies.remote())
-    (proxy,) = proxies.values()
-    return ray.get(proxy.__ray_call__.remote(lambda self: os.getpid()))
+def _ingress_pid(url: str) -> int:
+    """The process listening on the service's port: HAProxy, or Serve's proxy actor with `--ingress proxy`."""
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    (pid,) = {c.pid for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN" and c.laddr.port == port}
+    return pid
 
 
 def test_soak_memory_flat(server, embedder):
     """SOAK_SECONDS of mixed requests (some bad) from 4 clients; RSS of the serving processes (the standalone
-    server; or Serve's replica and proxy) sampled every 0.5 s must stay flat after a warm-up."""
+    server; or Serve's replica and ingress) sampled every 0.5 s must stay flat after a warm-up."""
     pids = {"server": server.pid} if server.kind == "standalone" else {"replica": server.pid,
-                                                                       "proxy": _serve_proxy_pid()}
+                                                                       "ingress": _ingress_pid(server.url)}
     samples: list[tuple[float, dict[str, float]]] = []
     stop = threading.Event()
 

