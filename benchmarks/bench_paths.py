@@ -5,7 +5,8 @@
         [--json benchmarks/results/paths.json]
 
 Paths and their baselines:
-- `library`: Embedder.encode in-process, beside model2vec's StaticModel.encode on the same texts.
+- `library`: Embedder.encode in-process, beside model2vec's StaticModel.encode on the same texts; `ours+wire` adds
+  parsing the request body and writing the answer, i.e. all that our route adds to a no-op route.
 - `fastapi`: the ordinary alternative, benchmarks/fastapi_app.py (FastAPI + pydantic + model2vec, one uvicorn);
   every HTTP path's figure is also given as a multiple of it.
 - `standalone`: `swiftembed serve --standalone`'s app (one uvicorn), beside a no-op handler at the same front
@@ -172,7 +173,9 @@ def add_fastapi_multiples(results: dict[str, dict[str, float]]) -> None:
 def bench_library(shapes: list[Shape], duration: int, rounds: int) -> dict[str, dict[str, float]]:
     from model2vec import StaticModel
 
-    from swiftembed import Embedder
+    import orjson
+
+    from swiftembed import Embedder, wire
     from swiftembed.model import DEFAULT_MODEL_DIR
 
     ours, reference = Embedder.load(), StaticModel.from_pretrained(str(DEFAULT_MODEL_DIR))
@@ -180,7 +183,17 @@ def bench_library(shapes: list[Shape], duration: int, rounds: int) -> dict[str, 
     for shape in shapes:
         texts = [t for t in (json.loads(line)["text"] for line in shape.body.splitlines())] \
             if shape.name == "jsonl-1000" else json.loads(shape.body)["texts"]
-        for label, encode in (("ours", ours.encode), ("model2vec", reference.encode)):
+        def encode_and_write(texts: list[str]) -> bytes:  # what the route adds to a no-op: parse, embed, answer
+            body = orjson.loads(shape.body) if shape.name != "jsonl-1000" else {"texts": texts}
+            vectors = ours.encode(body["texts"])
+            if shape.name == "binary-100":
+                return wire.raw_body(vectors)
+            if shape.name == "jsonl-1000":
+                return wire.jsonl_lines(range(len(vectors)), vectors)
+            return wire.json_bytes({"embeddings": vectors, "model": ours.model_id, "dimensions": ours.dim})
+
+        cases = (("ours", ours.encode), ("model2vec", reference.encode), ("ours+wire", encode_and_write))
+        for label, encode in cases:
             samples: list[float] = []
             for _ in range(rounds):
                 end = time.perf_counter() + duration / 2
