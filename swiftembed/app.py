@@ -93,7 +93,8 @@ class EmbeddingApi:
             exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected},
         )
         # The front door sits outside Starlette, so a one-text request pays for no framework layer at all.
-        self.app: ASGIApp = FrontDoor(router, self)
+        self.front = FrontDoor(router, self)  # its `in_flight` is the replica's load, for Serve's autoscaler
+        self.app: ASGIApp = self.front
         if settings.cors_origins:  # outermost: preflights carry no API key, and 401/503 answers need CORS headers too
             self.app = CORSMiddleware(
                 self.app, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
+from ray.serve.config import AutoscalingContext
 from ray.serve.metrics import Counter, Histogram
 
-from swiftembed.app import create_app
+from swiftembed.app import EmbeddingApi
 from swiftembed.batching import Batcher, Pooled
 from swiftembed.embedder import Embedder
 from swiftembed.ingress import choose_ingress, serve_environment
@@ -153,6 +154,28 @@ class RayMetrics:
             self.kernel.observe(kernel_ms)
 
 
+IN_FLIGHT, CPU = "in_flight", "cpu"
+CPU_TARGET = 0.75  # of a core per replica: a replica busier than this on average asks for company
+
+
+def in_flight_policy(ctx: AutoscalingContext) -> tuple[float, dict[str, Any]]:
+    """Serve autoscaling policy on the load the replicas report (`record_autoscaling_stats`): enough replicas for
+    the requests in flight and queued at handles at `target_ongoing_requests` each, and for the replicas' CPU time
+    at CPU_TARGET of a core each, whichever asks more. Serve applies the config's delays, factors and bounds around
+    it, as for its default policy. Selected by `autoscaling_config: {policy: {policy_function:
+    swiftembed.serve:in_flight_policy}}` (deploy/serve-cluster.yaml).
+
+    Why CPU too: a replica works through a request without yielding, so under the HAProxy ingress the requests
+    waiting for it wait in HAProxy and the kernel, and the replica (like Serve's own count) sees about one at a
+    time however long the queue. Its CPU time shows the saturation."""
+    if not ctx.running_replicas:
+        return ctx.target_num_replicas, {}
+    metrics = ctx.aggregated_metrics
+    in_flight = sum(metrics.get(IN_FLIGHT, {}).values()) + (ctx.total_queued_requests or 0.0)
+    cpu = sum(metrics.get(CPU, {}).values())
+    return max(in_flight / ctx.config.get_target_ongoing_requests(), cpu / CPU_TARGET), {}
+
+
 @serve.deployment(
     name=DEPLOYMENT_NAME,
     max_ongoing_requests=64,
@@ -186,11 +209,22 @@ class SwiftEmbedDeployment:
         self.settings = Settings.from_env(**(settings or {}))
         self.metrics = RayMetrics()
         self.batcher = Batcher(self.embedder, observe=self.metrics.batch)
+        self.api = EmbeddingApi(self.embedder, self.batcher, self.settings, self.metrics)
+        self.handle_calls = 0
+        self._cpu_mark = (time.monotonic(), time.process_time())
         self.batch_config = dict(DEFAULT_BATCH)
         log.info("SwiftEmbed replica ready: %s (%s table)", loaded.model_id, self.table_source)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.embedder, backend=self.batcher, settings=self.settings, metrics=self.metrics)
+        return self.api.app
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """This replica's load, sampled by Serve for `in_flight_policy`: requests in it now (HTTP at the front door
+        plus handle calls) and the share of a core its process used since the last sample."""
+        now, cpu = time.monotonic(), time.process_time()
+        busy = (cpu - self._cpu_mark[1]) / max(now - self._cpu_mark[0], 1e-3)
+        self._cpu_mark = (now, cpu)
+        return {IN_FLIGHT: float(self.api.front.in_flight + self.handle_calls), CPU: busy}
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Batch size and wait, from `user_config`, applied live."""
@@ -214,7 +248,12 @@ class SwiftEmbedDeployment:
         if not all(isinstance(t, str) for t in batch):
             raise TypeError("texts must be a string or a list of strings")
         self.embedder.check_options(dimensions, precision)
-        pooled = await self.batcher.pool(batch) if batch else Pooled(np.zeros((0, self.embedder.dim), np.float32), [])
+        self.handle_calls += 1
+        try:
+            pooled = await self.batcher.pool(batch) if batch else Pooled(np.zeros((0, self.embedder.dim), np.float32),
+                                                                          [])
+        finally:
+            self.handle_calls -= 1
         vectors = self.embedder.finish(
             pooled.sums, tokens=pooled.tokens, normalize=normalize, dimensions=dimensions, precision=precision
         )
@@ -264,6 +303,9 @@ def run_local(
 ) -> None:
     """Start a local Ray and Serve SwiftEmbed on host:port until interrupted (Ctrl-C or SIGTERM)."""
     ingress = choose_ingress(ingress)
+    if ingress == "proxy":  # also when HAProxy was asked for in the environment but cannot run here
+        for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
+            os.environ.pop(key, None)
     for key, value in serve_environment(ingress, port).items():
         os.environ.setdefault(key, value)
     overrides = {} if settings is None else {k: v for k, v in vars(settings).items() if v != getattr(Settings(), k)}

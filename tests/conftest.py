@@ -127,6 +127,9 @@ def ray_serve():
 
     http_port, metrics_port = free_port(), free_port()
     # HAProxy ingress, as `swiftembed serve` starts it; its stats and metrics listeners on free ports of their own.
+    # Ray's processes take the environment when Ray starts; it is restored after, so that the servers tests start
+    # in subprocesses choose their own.
+    saved = dict(os.environ)
     os.environ.update(serve_environment("haproxy", http_port))
     os.environ.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     import ray
@@ -141,6 +144,8 @@ def ray_serve():
         _system_config={"metrics_report_interval_ms": 1000},
     )
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    os.environ.clear()
+    os.environ.update(saved)
     try:
         yield RayServe(http_port, metrics_port)
     finally:

@@ -58,7 +58,10 @@ def serve_command(*args: str, env: dict[str, str] | None = None, log: Path) -> I
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_healthy(url, timeout=180, process=process)
+            try:
+                wait_healthy(url, timeout=180, process=process)
+            except (RuntimeError, TimeoutError) as exc:
+                raise AssertionError(f"{exc}:\n{log.read_text()[-3000:]}") from None
             deadline = time.monotonic() + 120  # healthy replicas may answer before serve.run has returned
             while "Ctrl-C stops" not in log.read_text() and time.monotonic() < deadline:
                 time.sleep(0.2)
