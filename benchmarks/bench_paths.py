@@ -13,6 +13,7 @@ Paths and their baselines:
   door (benchmarks/noop_app.py).
 - `serve-haproxy` (what `swiftembed serve` starts) and `serve-proxy` (Ray's default proxy): SwiftEmbed on Ray
   Serve beside a no-op deployment of the same options in the same Serve (benchmarks/serve_driver.py).
+- `serve-haproxy-x2`: the same with two replicas of ours (and one no-op replica), on the same 2 cores.
 - `handle`: `await handle.embed.remote(texts)` from another deployment, beside a no-op handle method.
 - `transformer` (optional, needs the `eval` extra): the standalone app with all-MiniLM-L6-v2 as its backend.
 HTTP load is wrk (Debian) on 127.0.0.1 only, at concurrency 1 and 64 for single texts and 1 and 8 for the larger
@@ -61,8 +62,10 @@ def start_path(path: str, port: int) -> subprocess.Popen:
              "--log-level", "warning", "--no-access-log"], env={**env, "HF_HUB_OFFLINE": "1"}, cwd=ROOT)
         wait_healthy(f"http://127.0.0.1:{port}", timeout=180, process=process)
         return process
-    ingress = "haproxy" if path == "handle" else path.removeprefix("serve-")
-    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "serve_driver.py"), str(port), ingress],
+    ingress = "haproxy" if path == "handle" else path.removeprefix("serve-").removesuffix("-x2")
+    replicas = "2" if path.endswith("-x2") else "1"
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "serve_driver.py"), str(port), ingress,
+                                replicas],
                                stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     assert process.stdout is not None
     for line in process.stdout:
@@ -166,7 +169,7 @@ def add_fastapi_multiples(results: dict[str, dict[str, float]]) -> None:
     for name, result in results.items():
         path, shape, c, route = (part.strip() for part in name.split("|"))
         base = results.get(f"fastapi | {shape} | {c} | ours")
-        if route == "ours" and path in HTTP_PATHS and path != "fastapi" and base:
+        if route == "ours" and path not in ("fastapi", "library", "handle") and base:
             result["vs_fastapi"] = result["rps"] / base["rps"]
 
 

@@ -44,6 +44,7 @@ PATHS = {
     "standalone": "`swiftembed serve --standalone` (one uvicorn, no Ray)",
     "serve-haproxy": "`swiftembed serve`: Ray Serve, HAProxy ingress (the default)",
     "serve-proxy": "`swiftembed serve --ingress proxy`: Ray Serve's default Python proxy",
+    "serve-haproxy-x2": "`swiftembed serve --replicas 2`: two replicas of ours on the same 2 cores",
     "handle": "`await handle.embed.remote(texts)` from another deployment",
     "transformer": "the standalone app with all-MiniLM-L6-v2 as its backend",
 }

@@ -1,6 +1,7 @@
 """Benchmark driver: a local Ray with SwiftEmbed at /, a same-options no-op deployment at /noop, and a caller.
 
-    python benchmarks/serve_driver.py PORT INGRESS     # INGRESS: haproxy or proxy; prints READY, serves until SIGTERM
+    python benchmarks/serve_driver.py PORT INGRESS [REPLICAS]   # INGRESS: haproxy or proxy; REPLICAS of ours
+                                                                # (default 1); prints READY, serves until SIGTERM
 
 The no-op deployment reads the request body and answers with a prepared body of the size the real route gives
 for the request shape named in X-Shape (benchmarks/shapes.py), with the same Serve options. Its `embed` method
@@ -23,6 +24,7 @@ import time
 from swiftembed.ingress import serve_environment
 
 port, ingress = int(sys.argv[1]), sys.argv[2]
+replicas = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 for key, value in serve_environment(ingress, port).items():  # before Ray is imported: it reads them at import
     os.environ.setdefault(key, value)
 
@@ -84,7 +86,8 @@ class Caller:
 embedder = Embedder.load()
 ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
 serve.start(http_options={"host": "127.0.0.1", "port": port})
-serve.run(SwiftEmbedDeployment.options(**OPTIONS).bind(), name=APP_NAME, route_prefix="/")
+serve.run(SwiftEmbedDeployment.options(**{**OPTIONS, "num_replicas": replicas}).bind(), name=APP_NAME,
+          route_prefix="/")
 serve.run(NoOp.options(**OPTIONS).bind(noop_answers(embedder), embedder.dim), name="noop", route_prefix="/noop")
 serve.run(Caller.bind(), name="caller", route_prefix="/caller")
 print("READY", flush=True)

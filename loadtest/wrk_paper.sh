@@ -2,7 +2,7 @@
 # The SwiftEmbed paper's load method (wrk, 12 threads, 400 connections, 30 s; POST /embed with 1 and 100 texts),
 # scaled to this 2-core machine: wrk gets 2 threads and the connections and duration are arguments.
 #   loadtest/wrk_paper.sh [URL] [CONNECTIONS] [SECONDS]      # defaults: http://127.0.0.1:8000 400 30
-# Targets 127.0.0.1 only. Start the server first (swiftembed serve, or --standalone, or --profile throughput).
+# Targets 127.0.0.1 only. Start the server first (swiftembed serve, or --standalone, or --ingress proxy).
 set -euo pipefail
 url=${1:-http://127.0.0.1:8000}
 connections=${2:-400}

@@ -4,9 +4,11 @@
   built the application (under `serve deploy` and KubeRay the builder runs in a short-lived task, and an object
   it puts dies with it). Replicas read it zero-copy from their node's object store; if the owner is gone they
   start a new one, and if that fails they fall back to their own copy from disk.
-- `@serve.batch` gathers concurrent requests' texts so tokenization and pooling run once per batch; each
-  request then finishes (dimensions, normalization, encoding) its own rows.
+- Concurrent requests' texts are batched into one tokenize + pool call by the same Batcher the standalone server
+  uses (swiftembed/batching.py); each request then finishes (dimensions, normalization, encoding) its own rows.
 - The same deployment answers `DeploymentHandle` calls: `await handle.embed.remote(texts)`.
+- Under the HAProxy ingress (swiftembed/ingress.py) requests reach each replica's own HTTP server directly;
+  replicas report their load for Serve's autoscaler themselves (`in_flight_policy`).
 """
 
 from __future__ import annotations
