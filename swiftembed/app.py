@@ -93,7 +93,8 @@ class EmbeddingApi:
             exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected},
         )
         # The front door sits outside Starlette, so a one-text request pays for no framework layer at all.
-        self.front = FrontDoor(router, self)  # its `in_flight` is the replica's load, for Serve's autoscaler
+        self.load = LoadMeter()  # requests in progress: the concurrency bound, and a replica's load for autoscaling
+        self.front = FrontDoor(router, self)
         self.app: ASGIApp = self.front
         if settings.cors_origins:  # outermost: preflights carry no API key, and 401/503 answers need CORS headers too
             self.app = CORSMiddleware(
@@ -337,6 +338,33 @@ class JsonLinesResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+class LoadMeter:
+    """Requests in progress, and for how long at least one was: the share of time the server is busy, which shows
+    saturation whatever share of a CPU the server gets (a request that never yields keeps `in_flight` at 1 while
+    the others wait in the socket queue)."""
+
+    __slots__ = ("in_flight", "_busy_s", "_since")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self._busy_s = 0.0
+        self._since = 0.0
+
+    def enter(self) -> None:
+        if not self.in_flight:
+            self._since = time.perf_counter()
+        self.in_flight += 1
+
+    def exit(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._busy_s += time.perf_counter() - self._since
+
+    def busy_seconds(self) -> float:
+        """Seconds with a request in progress since the meter started."""
+        return self._busy_s + (time.perf_counter() - self._since if self.in_flight else 0.0)
+
+
 class FrontDoor:
     """Auth, the concurrency bound, X-Processing-Time-Ms / X-Token-Count headers and metrics, for every route.
 
@@ -348,7 +376,6 @@ class FrontDoor:
         self.app, self.api = app, api
         key = api.settings.api_key
         self.expected = f"Bearer {key}".encode() if key else None
-        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -366,7 +393,7 @@ class FrontDoor:
     async def answer(
         self, handler: Handler, path: str, start: float, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        self.in_flight += 1
+        self.api.load.enter()
         status = 500
         answer = None
         try:
@@ -388,7 +415,7 @@ class FrontDoor:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": answer.body})
         finally:
-            self.in_flight -= 1
+            self.api.load.exit()
             texts, tokens = (answer.texts, answer.tokens) if answer is not None else (0, 0)
             self.api.metrics.request(path, status, (time.perf_counter() - start) * 1e3, texts, tokens)
 
@@ -414,11 +441,11 @@ class FrontDoor:
             if error is not None:
                 await _send_error(error, send_with_headers)
                 return
-            self.in_flight += 1
+            self.api.load.enter()
             try:
                 await self.app(scope, receive, send_with_headers)
             finally:
-                self.in_flight -= 1
+                self.api.load.exit()
         finally:
             route = path if path in self.api.paths else "other"
             latency = (time.perf_counter() - start) * 1e3
@@ -431,7 +458,7 @@ class FrontDoor:
                 return ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)",
                                 type="authentication_error", code="invalid_api_key",
                                 headers={"WWW-Authenticate": "Bearer"})
-        if self.in_flight >= self.api.settings.max_concurrency:
+        if self.api.load.in_flight >= self.api.settings.max_concurrency:
             return ApiError(503, "server is at capacity; retry shortly", type="server_overloaded",
                             code="overloaded", headers={"Retry-After": "1"})
         return None

@@ -156,26 +156,27 @@ class RayMetrics:
             self.kernel.observe(kernel_ms)
 
 
-IN_FLIGHT, CPU = "in_flight", "cpu"
-CPU_TARGET = 0.75  # of a core per replica: a replica busier than this on average asks for company
+IN_FLIGHT, BUSY = "in_flight", "busy"
+BUSY_TARGET = 0.75  # share of the time a replica has work: busier than this on average asks for company
 
 
 def in_flight_policy(ctx: AutoscalingContext) -> tuple[float, dict[str, Any]]:
     """Serve autoscaling policy on the load the replicas report (`record_autoscaling_stats`): enough replicas for
-    the requests in flight and queued at handles at `target_ongoing_requests` each, and for the replicas' CPU time
-    at CPU_TARGET of a core each, whichever asks more. Serve applies the config's delays, factors and bounds around
+    the requests in flight and queued at handles at `target_ongoing_requests` each, and for the replicas' busy
+    time at BUSY_TARGET each, whichever asks more. Serve applies the config's delays, factors and bounds around
     it, as for its default policy. Selected by `autoscaling_config: {policy: {policy_function:
     swiftembed.serve:in_flight_policy}}` (deploy/serve-cluster.yaml).
 
-    Why CPU too: a replica works through a request without yielding, so under the HAProxy ingress the requests
+    Why busy time: a replica works through a request without yielding, so under the HAProxy ingress the requests
     waiting for it wait in HAProxy and the kernel, and the replica (like Serve's own count) sees about one at a
-    time however long the queue. Its CPU time shows the saturation."""
+    time however long the queue; the share of time it has work shows the saturation, even when other processes
+    take part of its CPU."""
     if not ctx.running_replicas:
         return ctx.target_num_replicas, {}
     metrics = ctx.aggregated_metrics
     in_flight = sum(metrics.get(IN_FLIGHT, {}).values()) + (ctx.total_queued_requests or 0.0)
-    cpu = sum(metrics.get(CPU, {}).values())
-    return max(in_flight / ctx.config.get_target_ongoing_requests(), cpu / CPU_TARGET), {}
+    busy = sum(metrics.get(BUSY, {}).values())
+    return max(in_flight / ctx.config.get_target_ongoing_requests(), busy / BUSY_TARGET), {}
 
 
 @serve.deployment(
@@ -212,8 +213,7 @@ class SwiftEmbedDeployment:
         self.metrics = RayMetrics()
         self.batcher = Batcher(self.embedder, observe=self.metrics.batch)
         self.api = EmbeddingApi(self.embedder, self.batcher, self.settings, self.metrics)
-        self.handle_calls = 0
-        self._cpu_mark = (time.monotonic(), time.process_time())
+        self._busy_mark = (time.perf_counter(), 0.0)
         self.batch_config = dict(DEFAULT_BATCH)
         log.info("SwiftEmbed replica ready: %s (%s table)", loaded.model_id, self.table_source)
 
@@ -222,11 +222,11 @@ class SwiftEmbedDeployment:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """This replica's load, sampled by Serve for `in_flight_policy`: requests in it now (HTTP at the front door
-        plus handle calls) and the share of a core its process used since the last sample."""
-        now, cpu = time.monotonic(), time.process_time()
-        busy = (cpu - self._cpu_mark[1]) / max(now - self._cpu_mark[0], 1e-3)
-        self._cpu_mark = (now, cpu)
-        return {IN_FLIGHT: float(self.api.front.in_flight + self.handle_calls), CPU: busy}
+        plus handle calls) and the share of the time since the last sample it had work."""
+        now, busy = time.perf_counter(), self.api.load.busy_seconds()
+        share = (busy - self._busy_mark[1]) / max(now - self._busy_mark[0], 1e-3)
+        self._busy_mark = (now, busy)
+        return {IN_FLIGHT: float(self.api.load.in_flight), BUSY: share}
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Batch size and wait, from `user_config`, applied live."""
@@ -250,12 +250,12 @@ class SwiftEmbedDeployment:
         if not all(isinstance(t, str) for t in batch):
             raise TypeError("texts must be a string or a list of strings")
         self.embedder.check_options(dimensions, precision)
-        self.handle_calls += 1
+        self.api.load.enter()  # handle calls are load too
         try:
             pooled = await self.batcher.pool(batch) if batch else Pooled(np.zeros((0, self.embedder.dim), np.float32),
                                                                           [])
         finally:
-            self.handle_calls -= 1
+            self.api.load.exit()
         vectors = self.embedder.finish(
             pooled.sums, tokens=pooled.tokens, normalize=normalize, dimensions=dimensions, precision=precision
         )
