@@ -1,7 +1,7 @@
 """Autoscaling, exercised live: the cluster config's `autoscaling_config`, scaled to this machine (1 to 2 replicas,
 short delays), under `serve run` as a user starts it, with either ingress. A load step makes Serve add a replica,
 serving goes on without a failed request, and after the load Serve scales back down. The times to scale are
-printed (docs/benchmarks.md gets them from benchmarks/bench_scaling.py)."""
+printed (run with -s)."""
 
 from __future__ import annotations
 

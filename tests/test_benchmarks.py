@@ -1,0 +1,49 @@
+"""The benchmarks' baselines are what they claim: the FastAPI + model2vec server answers the model's vectors, the
+standalone no-op sits at our front door, and docs/benchmarks.md is exactly what report.py makes of its JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fastapi_baseline_answers_the_models_vectors(embedder):
+    pytest.importorskip("model2vec")
+    from fastapi.testclient import TestClient
+
+    from benchmarks.fastapi_app import app
+
+    texts = ["A man with a hard hat is dancing.", "naïve café", ""]
+    with TestClient(app) as client:
+        r = client.post("/embed", json={"texts": texts})
+    assert r.status_code == 200
+    np.testing.assert_allclose(r.json()["embeddings"], embedder.encode(texts), atol=1e-6)
+
+
+def test_standalone_noop_goes_through_the_front_door():
+    from benchmarks.noop_app import ANSWERS, app
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.post("/noop", content=b'{"texts": ["x"]}', headers={"X-Shape": "batch-100"})
+
+    r = asyncio.run(post())
+    assert r.status_code == 200 and r.content == ANSWERS["batch-100"][0]
+    assert "x-processing-time-ms" in r.headers and "x-token-count" in r.headers  # the front door's headers
+
+
+def test_benchmarks_doc_is_generated_from_the_committed_run():
+    from benchmarks.report import render
+
+    run = ROOT / "benchmarks" / "results" / "paths.json"
+    data = json.loads(run.read_text())
+    assert {"commit", "date", "machine", "command", "results"} <= set(data)
+    expected = render(data, "benchmarks/results/paths.json")
+    assert (ROOT / "docs" / "benchmarks.md").read_text() == expected, "run benchmarks/report.py"
