@@ -63,9 +63,6 @@ def bind_to_frontend_host(config: str) -> str:
     return WILDCARD_BIND.sub(lambda m: f"{m.group(1)}{host}:{m.group(2)}", config)
 
 
-INGRESSES = ("haproxy", "proxy")
-
-
 def haproxy_missing() -> str | None:
     """Why the HAProxy ingress cannot start here (one line with the fix), or None when it can."""
     if real_binary() is None:
