@@ -362,7 +362,7 @@ def test_overload_standalone_refuses_fast_and_recovers(tmp_path, embedder):
 
 @pytest.mark.ray
 def test_overload_serve_backpressure(ray_serve, embedder):
-    """max_ongoing_requests 2 and max_queued_requests 4 per caller: Serve's proxy refuses the excess with 503.
+    """max_ongoing_requests 2 and max_queued_requests 4: Serve refuses the excess with 503.
 
     Ray 2.60 sends Retry-After only when `backpressure_config.retry_after_s` is set; SwiftEmbed's deployment sets
     it to 1 s, and a config can change it."""
@@ -381,7 +381,9 @@ def test_overload_serve_backpressure(ray_serve, embedder):
         assert all(s.retry_after == "1" for s in refused)  # the deployment's own backpressure_config
         assert b"backpressure" in refused[0].body
         admitted = [s for s in samples if s.status == 200]
-        assert pct([s.latency for s in refused], 50) < pct([s.latency for s in admitted], 50), figures
+        # Under the HAProxy ingress the replica decides a refusal when it reads the request, after the request's
+        # wait in HAProxy's queue, so refusals are no faster than admissions; they must still come quickly.
+        assert pct([s.latency for s in refused], 50) < 1.0, figures
         assert pct([s.server_ms for s in admitted], 99) < max(1000.0, 20 * base), figures
         assert max(s.latency for s in samples) < 15.0, figures
         after = load(srv.url, HEAVY, path=HEAVY_PATH, concurrency=2, seconds=2, max_requests=40)
