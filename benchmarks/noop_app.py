@@ -1,7 +1,7 @@
 """The standalone server's app with a no-op route at the same front door (POST /noop, shape chosen by X-Shape).
 
 The app is built as `swiftembed serve --standalone` builds it (Batcher, PrometheusMetrics), and /noop is
-one more of the front door's own handlers beside /embed and /v1/embeddings: it pays for the same auth and
+one more of the front door's routes beside /embed and /v1/embeddings: it pays for the same auth and
 concurrency checks, timing headers and metrics, reads the same body and answers a prepared body of the real
 answer's size. What separates the two routes is parsing, embedding and encoding: our work, not the transport.
 """
@@ -12,14 +12,16 @@ from starlette.types import Receive, Scope
 
 from benchmarks.shapes import noop_answers
 from swiftembed import Embedder
-from swiftembed.app import Answer, EmbeddingApi
+from swiftembed.app import EmbeddingApi
 from swiftembed.batching import Batcher
+from swiftembed.catalog import Catalog
+from swiftembed.frontdoor import Answer
 from swiftembed.metrics import PrometheusMetrics
 from swiftembed.settings import Settings
 
 embedder = Embedder.load()
 ANSWERS = noop_answers(embedder)
-api = EmbeddingApi(embedder, Batcher(embedder), Settings(), PrometheusMetrics())
+api = EmbeddingApi(Catalog.load(), Batcher(), Settings(), PrometheusMetrics())  # the bundled models, as served
 
 
 async def noop(scope: Scope, receive: Receive) -> Answer:
@@ -32,5 +34,5 @@ async def noop(scope: Scope, receive: Receive) -> Answer:
     return Answer(body, media_type)
 
 
-api.hot["/noop"] = noop
+api.routes["/noop"] = {"POST": noop}
 app = api.app

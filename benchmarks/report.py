@@ -1,7 +1,10 @@
 """Write docs/benchmarks.md from a run's JSON: every figure in that file comes from here, none is typed by hand.
 
     .venv/bin/python benchmarks/bench_paths.py --duration 4 --rounds 3 --json benchmarks/results/paths.json
-    .venv/bin/python benchmarks/report.py benchmarks/results/paths.json
+    .venv/bin/python benchmarks/report.py benchmarks/results/paths.json [--before benchmarks/results/before.json]
+
+`--before` adds a before/after table against a run of the previous code on the same machine and day (for a
+change that must not slow the request path down).
 
 The targets are those of the Ray speed issue: `swiftembed serve` (the HAProxy ingress) against the FastAPI +
 model2vec server, each Ray path against a no-op of the same mode, the standalone server against FastAPI.
@@ -111,7 +114,25 @@ def table(results: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-def render(run: dict, source: str) -> str:
+def before_after(run: dict, before: dict) -> list[str]:
+    """Our routes in both runs: req/s before and after, and each as a multiple of the FastAPI baseline of its own
+    run (which takes the machine's drift between the runs out)."""
+    lines = ["| path | shape | c | before req/s | after req/s | after / before | vs no-op before / after | "
+             "vs FastAPI before / after |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in run["results"].items():
+        old = before["results"].get(name)
+        path, shape, c, route = (part.strip() for part in name.split("|"))
+        if old is None or route != "ours" or path == "fastapi":
+            continue
+        noop = " / ".join(f"{100 * x['ratio']:.0f}%" for x in (old, r)) if "ratio" in old and "ratio" in r else ""
+        fast = " / ".join(f"{x['vs_fastapi']:.1f}x" for x in (old, r)) if "vs_fastapi" in old and "vs_fastapi" in r \
+            else ""
+        lines.append(f"| {path} | {shape} | {c[1:]} | {old['rps']:,.0f} | {r['rps']:,.0f} | "
+                     f"{100 * r['rps'] / old['rps']:.0f}% | {noop} | {fast} |")
+    return lines
+
+
+def render(run: dict, source: str, before: dict | None = None, before_source: str = "") -> str:
     results = run["results"]
     lines = [INTRO.format(source=f"`{source}`", date=run["date"], commit=run["commit"], machine=run["machine"],
                           command=" ".join(run["command"]))]
@@ -137,18 +158,29 @@ def render(run: dict, source: str) -> str:
                   "reach 90% of it: our in-process work alone (embedding, and for JSON answers writing every float as "
                   "text) costs more than the no-op's whole request. Raw float32 answers (`Accept: "
                   "application/octet-stream`) remove most of the writing."]
+    if before is not None:
+        lines += ["", "## Before and after", "",
+                  f"`{before_source}`: the same benchmark on commit `{before['commit']}` ({before['date']}, "
+                  f"{before['machine']}; `{' '.join(before['command'])}`), the code before the run above. "
+                  "Machine drift between two runs is taken out by comparing each route's share of its no-op and its "
+                  "multiple of the FastAPI baseline, both measured in its own run.", "", *before_after(run, before)]
     return "\n".join(lines) + "\n"
+
+
+def _relative(path: Path) -> str:
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else path.name
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths_json", type=Path)
+    parser.add_argument("--before", type=Path, help="a run of the previous code, for a before/after table")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     run = json.loads(args.paths_json.read_text())
-    source = str(args.paths_json.resolve().relative_to(ROOT)) if args.paths_json.resolve().is_relative_to(ROOT) \
-        else args.paths_json.name
-    args.out.write_text(render(run, source))
+    before = json.loads(args.before.read_text()) if args.before else None
+    text = render(run, _relative(args.paths_json), before, _relative(args.before) if args.before else "")
+    args.out.write_text(text)
     print(f"wrote {args.out}")
 
 

@@ -18,13 +18,14 @@ from benchmarks.shapes import noop_answers
 from swiftembed import Embedder
 from swiftembed.app import create_app
 from swiftembed.batching import Pooled
+from swiftembed.catalog import Served
 from swiftembed.evaluate import load_contextual
 
 encode = load_contextual()
 
 
 class TransformerBackend:
-    async def pool(self, texts: list[str]) -> Pooled:
+    async def pool(self, texts: list[str], model: Served) -> Pooled:
         vectors = np.asarray(encode(texts), dtype=np.float32)
         return Pooled(vectors, [0] * len(texts))
 

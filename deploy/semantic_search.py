@@ -62,5 +62,5 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     args = dict(args or {})
     embedder = SwiftEmbedDeployment.options(  # type: ignore[attr-defined]
         ray_actor_options={"num_cpus": float(args.get("embedder_cpus", 1))}
-    ).bind(model=args.get("model"))
+    ).bind(models=[args["model"]] if args.get("model") else None)
     return SemanticSearch.bind(embedder, args.get("corpus"))  # type: ignore[attr-defined]

@@ -141,15 +141,12 @@ class ShardEmbedder:
         self, *, path: str, fmt: InputFormat, output_dir: str, field: str, column: str, on_error: OnError,
         model: str | None, max_tokens: int | None, batch_size: int,
     ) -> None:
-        from swiftembed.embedder import Embedder
-        from swiftembed.model import load_model
-        from swiftembed.serve import shared_table
+        from swiftembed.catalog import Catalog
+        from swiftembed.tables import SharedTables
 
-        loaded = load_model(model)
-        table, self.table_source = shared_table(loaded, model)
-        if loaded.embeddings.dtype == table.dtype:
-            loaded = loaded.with_embeddings(table)  # drop the private copy read from disk
-        self.embedder = Embedder(loaded, max_tokens=max_tokens, table=table)
+        tables = SharedTables()
+        self.embedder = Catalog.load([model], max_tokens=max_tokens, table=tables).default.embedder
+        self.table_source = tables.sources[self.embedder.checksum]
         self.path, self.fmt, self.output_dir = path, fmt, Path(output_dir)
         self.field, self.column, self.on_error, self.batch_size = field, column, on_error, batch_size
 

@@ -1,4 +1,4 @@
-"""Request batching: concurrent requests' texts through one tokenize + pool + normalize call.
+"""Request batching: concurrent requests' texts through one tokenize + pool + normalize call per model.
 
 One implementation for both servers (the standalone uvicorn app and every Ray Serve replica). A lone request is
 pooled at once, never held back: batching only starts when a probe (every `probe_every`-th request) finds company
@@ -6,11 +6,13 @@ in the same event-loop turn, and stops at the first batch of one. Under load, th
 one turn (or within `wait_s`, when set) share a kernel call, up to `max_batch_size` requests; per request that
 saves the half-dozen numpy calls that cost a one-text request as much as its tokenization. Large requests are
 pooled on their own, and from `offload_from` texts in a worker thread so the event loop keeps accepting requests.
+A batch groups its requests by model: one kernel call per model present.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
@@ -18,7 +20,7 @@ from typing import NamedTuple, Protocol
 import anyio
 import numpy as np
 
-from swiftembed.embedder import Embedder
+from swiftembed.catalog import Served
 from swiftembed.pooling import normalize as normalize_rows
 
 
@@ -36,11 +38,15 @@ class Pooled(NamedTuple):
 class Backend(Protocol):
     """Where texts are tokenized and pooled."""
 
-    async def pool(self, texts: list[str]) -> Pooled: ...
+    async def pool(self, texts: list[str], model: Served) -> Pooled: ...
 
 
-# Called once per kernel call with (texts, requests, kernel milliseconds): batch metrics without a per-request cost.
-BatchObserver = Callable[[int, int, float], None]
+log = logging.getLogger("swiftembed")
+
+# Called once per kernel call with (model name, texts, requests, kernel milliseconds): batch metrics without a
+# per-request cost.
+BatchObserver = Callable[[str, int, int, float], None]
+Waiting = list[tuple[list[str], "asyncio.Future[Pooled]"]]
 
 
 class Batcher:
@@ -48,7 +54,6 @@ class Batcher:
 
     def __init__(
         self,
-        embedder: Embedder,
         *,
         max_batch_size: int = 64,
         wait_s: float = 0.0,
@@ -57,7 +62,6 @@ class Batcher:
         probe_every: int = 64,
         observe: BatchObserver | None = None,
     ) -> None:
-        self.embedder = embedder
         self.offload_from = offload_from
         self.batch_below = batch_below  # requests with more texts are pooled on their own
         self.probe_every = probe_every
@@ -65,7 +69,8 @@ class Batcher:
         self.configure(max_batch_size, wait_s)
         self.largest_batch = 0
         self.batching = False  # whether the last batch found company: then every request joins one
-        self._batch: list[tuple[list[str], asyncio.Future[Pooled]]] | None = None
+        self._batch: dict[Served, Waiting] | None = None  # requests waiting for the next kernel calls, by model
+        self._waiting = 0
         self._timer: asyncio.Handle | None = None
         self._since_probe = 0
 
@@ -75,56 +80,64 @@ class Batcher:
             raise ValueError("max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
         self.max_batch_size, self.wait_s = max_batch_size, wait_s
 
-    async def pool(self, texts: list[str]) -> Pooled:
+    async def pool(self, texts: list[str], model: Served) -> Pooled:
         if len(texts) >= self.offload_from:
-            return await anyio.to_thread.run_sync(self.pool_now, texts)
+            return await anyio.to_thread.run_sync(self.pool_now, texts, model)
         if len(texts) >= self.batch_below:
-            return self.pool_now(texts)
+            return self.pool_now(texts, model)
         if self._batch is None and not self.batching:
             self._since_probe += 1
             if self._since_probe < self.probe_every:
-                return self.pool_now(texts)
+                return self.pool_now(texts, model)
             self._since_probe = 0
         loop = asyncio.get_running_loop()
         if self._batch is None:
-            self._batch = []
+            self._batch = {}
             self._timer = loop.call_later(self.wait_s, self._flush) if self.wait_s else loop.call_soon(self._flush)
         future: asyncio.Future[Pooled] = loop.create_future()
-        self._batch.append((texts, future))
-        if len(self._batch) >= self.max_batch_size:
+        self._batch.setdefault(model, []).append((texts, future))
+        self._waiting += 1
+        if self._waiting >= self.max_batch_size:
             self._flush()
         return await future
 
-    def pool_now(self, texts: list[str]) -> Pooled:
+    def pool_now(self, texts: list[str], model: Served) -> Pooled:
         start = time.perf_counter()
-        pooled = Pooled(*self.embedder.pool_texts(texts, mean=False))
+        pooled = Pooled(*model.embedder.pool_texts(texts, mean=False))
         if self.observe is not None:
-            self.observe(len(texts), 1, (time.perf_counter() - start) * 1e3)
+            self.observe(model.name, len(texts), 1, (time.perf_counter() - start) * 1e3)
         return pooled
 
     def _flush(self) -> None:
-        batch, self._batch = self._batch or [], None
+        groups, self._batch = self._batch or {}, None
+        requests, self._waiting = self._waiting, 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not batch:
+        if not requests:
             return
-        self.batching = len(batch) > 1
-        self.largest_batch = max(self.largest_batch, len(batch))
-        texts = [text for request, _ in batch for text in request]
+        self.batching = requests > 1
+        self.largest_batch = max(self.largest_batch, requests)
+        for model, waiting in groups.items():
+            self._pool_group(model, waiting)
+
+    def _pool_group(self, model: Served, waiting: Waiting) -> None:
+        """One kernel call for one model's waiting requests; each gets its rows."""
+        texts = [text for request, _ in waiting for text in request]
         start = time.perf_counter()
         try:
-            sums, tokens = self.embedder.pool_texts(texts, mean=False)
+            sums, tokens = model.embedder.pool_texts(texts, mean=False)
             unit = normalize_rows(sums.copy())
         except Exception as exc:  # each request answers for itself (a 500 from the front door), none hangs
-            for _, future in batch:
+            log.warning("kernel call of %d requests for model %s failed: %r", len(waiting), model.name, exc)
+            for _, future in waiting:
                 if not future.done():
                     future.set_exception(exc)
             return
         if self.observe is not None:
-            self.observe(len(texts), len(batch), (time.perf_counter() - start) * 1e3)
+            self.observe(model.name, len(texts), len(waiting), (time.perf_counter() - start) * 1e3)
         at = 0
-        for request, future in batch:
+        for request, future in waiting:
             end = at + len(request)
             if not future.done():  # a request whose client left has been cancelled
                 future.set_result(Pooled(sums[at:end], tokens[at:end], unit[at:end]))

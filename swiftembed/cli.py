@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from swiftembed import __version__
+from swiftembed import __version__, evaluate
 from swiftembed.bulk import (
     DEFAULT_CHUNK,
     INPUT_FORMATS,
@@ -23,11 +23,11 @@ from swiftembed.bulk import (
     output_shape,
     read_records,
 )
+from swiftembed.catalog import BUNDLED, Catalog
 from swiftembed.embedder import Embedder
-from swiftembed.evaluate import add_eval_command
 from swiftembed.model import ModelError
 from swiftembed.pooling import PRECISIONS
-from swiftembed.settings import Settings
+from swiftembed.settings import Settings, read_key_file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(commands)
     _add_serve(commands)
     _add_env(commands)
-    add_eval_command(commands)
+    _add_eval(commands)
     return parser
 
 
@@ -194,7 +194,7 @@ def _run_info(args: argparse.Namespace) -> int:
         "vocab_size": embedder.vocab_size,
         "max_tokens": embedder.max_tokens,
         "normalize": embedder.normalize,
-        "table_dtype": str(embedder.model.embeddings.dtype),
+        "table_dtype": embedder.model.table_dtype,
         "vocabulary_quantized": embedder.model.mapping is not None,
         "version": __version__,
     }
@@ -216,13 +216,19 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--metrics-port", type=int, default=8080, help="Ray's metrics export port (default 8080)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require Authorization: Bearer KEY (or SWIFTEMBED_API_KEY)")
+    p.add_argument("--api-key-file", metavar="PATH", help="require Authorization: Bearer KEY, KEY read from PATH "
+                   "(or SWIFTEMBED_API_KEY / SWIFTEMBED_API_KEY_FILE in the environment)")
+    p.add_argument("--api-key", help=argparse.SUPPRESS)  # kept for old scripts: it warns (the process list shows it)
     p.add_argument("--max-texts", type=int, help="texts per request (default 2048)")
     p.add_argument("--max-chars", type=int, help="characters per text (default 100000)")
     p.add_argument("--long-text", choices=("truncate", "reject"), help="texts over --max-chars (default truncate)")
     p.add_argument("--max-body-bytes", type=int, help="JSON request body limit (default 16 MiB)")
     p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allow this CORS origin (repeatable)")
-    add_model_options(p)
+    p.add_argument("--model", action="append", dest="models", metavar="[NAME=]MODEL",
+                   help="serve this model: a directory, bundled model name or Hub id, as NAME if given (repeatable; "
+                   f"default: the bundled models, {', '.join(BUNDLED)}); requests choose one by `model`")
+    p.add_argument("--default-model", help="the model for requests that name none (default: the first --model)")
+    p.add_argument("--max-tokens", type=int, default=-1, help="tokens per text (default: each model's, 512)")
     p.set_defaults(run=_run_serve)
 
 
@@ -248,8 +254,14 @@ def _run_env(args: argparse.Namespace) -> int:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    api_key = args.api_key
+    if api_key is not None:
+        print("swiftembed: warning: --api-key is visible to every user of this machine in the process list; "
+              "use --api-key-file or SWIFTEMBED_API_KEY", file=sys.stderr)
+    if args.api_key_file is not None:
+        api_key = read_key_file(args.api_key_file)
     return Settings.from_env(
-        api_key=args.api_key,
+        api_key=api_key,
         max_texts=args.max_texts,
         max_chars=args.max_chars,
         long_text=args.long_text,
@@ -263,12 +275,14 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.standalone:
         from swiftembed.standalone import run_standalone
 
-        run_standalone(load_embedder(args), settings, host=args.host, port=args.port)
+        catalog = Catalog.load(args.models, default=args.default_model, max_tokens=args.max_tokens)
+        run_standalone(catalog, settings, host=args.host, port=args.port)
         return 0
     from swiftembed.serve import run_local
 
     run_local(
-        model=args.model,
+        models=args.models,
+        default_model=args.default_model,
         max_tokens=args.max_tokens,
         settings=settings,
         host=args.host,
@@ -277,6 +291,107 @@ def _run_serve(args: argparse.Namespace) -> int:
         num_replicas=args.replicas,
         metrics_port=args.metrics_port,
     )
+    return 0
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser("eval", help="measure quality: STS correlation, failure-mode suite")
+    sub = p.add_subparsers(dest="eval_command", required=True)
+    sts = sub.add_parser(
+        "sts",
+        help="Spearman/Pearson x100 of cosine similarity against gold scores",
+        description="FILE is an STS-Benchmark TSV (genre, file, year, id, score 0..5, sentence1, sentence2) or "
+        'JSONL, one {"a": ..., "b": ..., "score": ...} per line.',
+    )
+    sts.add_argument("file", type=Path)
+    sts.add_argument("--format", choices=("tsv", "jsonl"), help="default: jsonl for .jsonl/.ndjson, else tsv")
+    sts.add_argument("--contextual", action="store_true", help=f"also score {evaluate.CONTEXTUAL_NAME} (eval extra)")
+    add_model_options(sts)
+    sts.set_defaults(run=_run_sts)
+    fm = sub.add_parser(
+        "failure-modes",
+        help="accuracy on the bundled polysemy/negation/entity/composition suite",
+        description="A case passes when the anchor is closer (cosine) to its positive than to its negative; "
+        "a tie is a miss.",
+    )
+    fm.add_argument("--contextual", action="store_true", help=f"also score {evaluate.CONTEXTUAL_NAME} (eval extra)")
+    fm.add_argument("--json", action="store_true", help="JSON with per-case cosines instead of a table")
+    add_model_options(fm)
+    fm.set_defaults(run=_run_failure_modes)
+
+
+def _encoders(args: argparse.Namespace) -> dict[str, tuple[str, evaluate.Encoder]] | None:
+    """{"ours": ..., "contextual": ...}; the extra is loaded first so a missing one fails before any work."""
+    contextual = None
+    if args.contextual:
+        try:
+            contextual = evaluate.load_contextual()
+        except evaluate.MissingExtra as exc:
+            print(f"swiftembed: error: {exc}", file=sys.stderr)
+            return None
+    embedder = load_embedder(args)
+    encoders: dict[str, tuple[str, evaluate.Encoder]] = {"ours": (embedder.model_id, embedder.encode)}
+    if contextual is not None:
+        encoders["contextual"] = (evaluate.CONTEXTUAL_NAME, contextual)
+    return encoders
+
+
+def _run_sts(args: argparse.Namespace) -> int:
+    pairs = evaluate.read_pairs(args.file, args.format)
+    encoders = _encoders(args)
+    if encoders is None:
+        return 2
+    results = {role: (name, evaluate.evaluate_sts(encode, pairs)) for role, (name, encode) in encoders.items()}
+    width = max(len(name) for name, _ in results.values()) + 2
+    print(f"{args.file}: {len(pairs)} pairs ({args.format or evaluate.detect_pair_format(args.file)})")
+    print(f"{'model':<{width}}{'spearman':>9}{'pearson':>9}")
+    for name, result in results.values():
+        print(f"{name:<{width}}{result.spearman:>9.2f}{result.pearson:>9.2f}")
+    if "contextual" in results:
+        ours, theirs = results["ours"][1], results["contextual"][1]
+        spearman, pearson = 100 * ours.spearman / theirs.spearman, 100 * ours.pearson / theirs.pearson
+        print(f"{'ours/contextual':<{width}}{spearman:>8.1f}%{pearson:>8.1f}%")
+    return 0
+
+
+def _run_failure_modes(args: argparse.Namespace) -> int:
+    cases = evaluate.check_suite()
+    encoders = _encoders(args)
+    if encoders is None:
+        return 2
+    runs = {role: evaluate.run_suite(encode, cases) for role, (_, encode) in encoders.items()}
+    tables = {role: evaluate.accuracy(results) for role, results in runs.items()}
+    if args.json:
+        report = {
+            "suite": evaluate.SUITE_PATH.name,
+            "models": {role: name for role, (name, _) in encoders.items()},
+            "accuracy": tables,
+            "cases": [
+                {
+                    "id": case.id,
+                    "category": case.category,
+                    **{
+                        role: {
+                            "positive": round(results[i].positive, 4),
+                            "negative": round(results[i].negative, 4),
+                            "passed": results[i].passed,
+                        }
+                        for role, results in runs.items()
+                    },
+                }
+                for i, case in enumerate(cases)
+            ],
+        }
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"failure modes: {len(cases)} cases ({evaluate.SUITE_PATH.name}); "
+          "a case passes when cos(anchor, positive) wins")
+    for role, (name, _) in encoders.items():
+        print(f"{role}: {name}")
+    print(f"{'category':<13}{'cases':>6}" + "".join(f"{role:>16}" for role in runs))
+    for category, row in tables["ours"].items():
+        cells = "".join(f"{t[category]['correct']:>8}{100 * t[category]['accuracy']:>7.1f}%" for t in tables.values())
+        print(f"{category:<13}{row['cases']:>6}{cells}")
     return 0
 
 

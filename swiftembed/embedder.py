@@ -29,17 +29,19 @@ class Embedder:
         max_tokens: int | None = -1,
         fast_tokenizer: bool = True,
         table: np.ndarray | None = None,
+        own_tokenizer: bool = False,
     ) -> None:
         """`max_tokens=-1` takes the model's own limit (512 unless its config says otherwise); `None` disables it.
 
         `table` is an already widened float32 copy of the model's rows, for example a zero-copy view from Ray's
         object store shared by several replicas; by default it is made here (no copy for float32 models).
+        `own_tokenizer` lets the Embedder configure the model's tokenizer in place: for a model nothing else uses.
         """
         self.model = model
         limit = model.max_tokens if max_tokens == -1 else max_tokens
         if limit is not None and limit < 1:
             raise ValueError(f"max_tokens must be positive or None, got {limit}")
-        self.tokenizer = TextTokenizer(model.tokenizer, limit, fast_path=fast_tokenizer)
+        self.tokenizer = TextTokenizer(model.tokenizer, limit, fast_path=fast_tokenizer, in_place=own_tokenizer)
         if table is None:
             table = model.embeddings.astype(np.float32, copy=False)
         elif table.dtype != np.float32 or table.shape != model.embeddings.shape:

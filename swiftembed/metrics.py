@@ -19,7 +19,7 @@ KERNEL_BUCKETS_MS: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5
 
 
 class Metrics(Protocol):
-    def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int) -> None: ...
+    def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int, model: str) -> None: ...
 
     def exposition(self) -> tuple[bytes, str] | None:
         """Body and content type for GET /metrics, or None where another system scrapes the metrics."""
@@ -27,7 +27,7 @@ class Metrics(Protocol):
 
 
 class NoMetrics:
-    def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int) -> None:
+    def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int, model: str) -> None:
         pass
 
     def exposition(self) -> tuple[bytes, str] | None:
@@ -35,7 +35,7 @@ class NoMetrics:
 
 
 class _Series:
-    """One (route, status)'s counts."""
+    """One (route, status, model)'s counts."""
 
     __slots__ = ("buckets", "count", "sum", "texts", "tokens")
 
@@ -58,14 +58,15 @@ class PrometheusMetrics:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry
 
-        self._series: dict[tuple[str, int], _Series] = {}
+        self._series: dict[tuple[str, int, str], _Series] = {}
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
-    def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int) -> None:
-        series = self._series.get((route, status))
+    def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int, model: str) -> None:
+        key = (route, status, model)
+        series = self._series.get(key)
         if series is None:
-            series = self._series[(route, status)] = _Series()
+            series = self._series[key] = _Series()
         series.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
         series.count += 1
         series.sum += latency_ms
@@ -76,23 +77,23 @@ class PrometheusMetrics:
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
         from prometheus_client.utils import floatToGoString
 
-        labels = ["route", "status"]
+        labels = ["route", "status", "model"]
         latency = HistogramMetricFamily("swiftembed_request_latency_ms", "Request latency in milliseconds",
                                         labels=labels)
-        requests = CounterMetricFamily("swiftembed_requests", "Requests by route and status", labels=labels)
-        texts = CounterMetricFamily("swiftembed_texts", "Texts embedded", labels=["route"])
-        tokens = CounterMetricFamily("swiftembed_tokens", "Tokens pooled", labels=["route"])
+        requests = CounterMetricFamily("swiftembed_requests", "Requests by route, status and model", labels=labels)
+        texts = CounterMetricFamily("swiftembed_texts", "Texts embedded", labels=["route", "model"])
+        tokens = CounterMetricFamily("swiftembed_tokens", "Tokens pooled", labels=["route", "model"])
         bounds = [*map(floatToGoString, LATENCY_BUCKETS_MS), "+Inf"]
-        per_route: dict[str, list[int]] = {}
-        for (route, status), series in self._series.items():
-            latency.add_metric([route, str(status)], list(zip(bounds, accumulate(series.buckets))), series.sum)
-            requests.add_metric([route, str(status)], series.count)
-            totals = per_route.setdefault(route, [0, 0])
+        per_route: dict[tuple[str, str], list[int]] = {}
+        for (route, status, model), series in self._series.items():
+            latency.add_metric([route, str(status), model], list(zip(bounds, accumulate(series.buckets))), series.sum)
+            requests.add_metric([route, str(status), model], series.count)
+            totals = per_route.setdefault((route, model), [0, 0])
             totals[0] += series.texts
             totals[1] += series.tokens
-        for route, (text_count, token_count) in per_route.items():
-            texts.add_metric([route], text_count)
-            tokens.add_metric([route], token_count)
+        for (route, model), (text_count, token_count) in per_route.items():
+            texts.add_metric([route, model], text_count)
+            tokens.add_metric([route, model], token_count)
         yield from (latency, requests, texts, tokens)
 
     def exposition(self) -> tuple[bytes, str] | None:

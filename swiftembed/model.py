@@ -56,6 +56,7 @@ class StaticModel:
     checksum: str
     weights: np.ndarray | None = None
     mapping: np.ndarray | None = None
+    stored_dtype: str = ""  # set once the table is replaced by its float32 widening
 
     @property
     def dim(self) -> int:
@@ -75,14 +76,20 @@ class StaticModel:
         value = self.config.get("max_length", DEFAULT_MAX_TOKENS)
         return None if value is None else int(value)
 
+    @property
+    def table_dtype(self) -> str:
+        """The table's dtype as stored on disk (float16 and int8 tables are widened when shared)."""
+        return self.stored_dtype or str(self.embeddings.dtype)
+
     def with_embeddings(self, embeddings: np.ndarray) -> StaticModel:
-        """The same model around another copy of its table (e.g. a zero-copy view from Ray's object store)."""
-        if embeddings.shape != self.embeddings.shape or embeddings.dtype != self.embeddings.dtype:
+        """The same model around another copy of its table, or its float32 widening (e.g. a zero-copy view from Ray's
+        object store): the copy read from disk can then be freed, whatever its dtype."""
+        if embeddings.shape != self.embeddings.shape or embeddings.dtype not in (self.embeddings.dtype, np.float32):
             raise ModelError(
                 f"table of shape {embeddings.shape} {embeddings.dtype} does not match the model's "
                 f"{self.embeddings.shape} {self.embeddings.dtype}"
             )
-        return dataclasses.replace(self, embeddings=embeddings)
+        return dataclasses.replace(self, embeddings=embeddings, stored_dtype=self.table_dtype)
 
 
 def load_model(

@@ -1,13 +1,14 @@
-"""The OpenAPI 3.1 description of every route, built from the live model and limits (served at /openapi.json)."""
+"""The OpenAPI 3.1 description of every route, built from the served models and limits (at /openapi.json)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from swiftembed import __version__
 
 if TYPE_CHECKING:
-    from swiftembed.embedder import Embedder
+    from swiftembed.catalog import Catalog
     from swiftembed.settings import Settings
 
 Schema = dict[str, Any]
@@ -23,22 +24,90 @@ def _json(schema: Schema) -> Schema:
 
 def _errors(*statuses: int) -> dict[str, Schema]:
     text = {400: "Malformed JSON or body", 401: "Missing or wrong API key", 413: "Body or text count over the limit",
-            415: "Wrong Content-Type", 422: "Validation error", 503: "Overloaded or not ready"}
+            404: "Unknown model (code model_not_found)", 415: "Wrong Content-Type", 422: "Validation error",
+            503: "Overloaded"}
     return {str(s): {"description": text[s], **_json(_ref("Error"))} for s in statuses}
 
 
-def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
-    dim, vocab = embedder.dim, embedder.vocab_size
+def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
+    names = sorted({n for m in catalog for n in (m.name, m.model_id)})
+    model = {"type": ["string", "null"], "enum": [*names, None],
+             "description": f"a served model's short name or full id; default {catalog.default.name}"}
+    model_param = [{"name": "model", "in": "query", "required": False, "schema": {"type": "string", "enum": names},
+                    "description": model["description"]}]
+
+    def by_model(make: Callable[[int, int, Schema], Schema]) -> Schema:
+        """A request schema whose limits (dimension, vocabulary) depend on the model: one schema when every model
+        has the same, else one variant per model (and one for no model: the default's)."""
+        limits = {(m.embedder.dim, m.embedder.vocab_size) for m in catalog}
+        if len(limits) == 1:
+            dim, vocab = limits.pop()
+            return make(dim, vocab, model)
+        default = catalog.default.embedder
+        variants = [make(m.embedder.dim, m.embedder.vocab_size, {"enum": [m.name, m.model_id]}) for m in catalog]
+        variants.append(make(default.dim, default.vocab_size, {"type": "null"}))
+        for variant in variants[:-1]:
+            for shape in variant.get("oneOf", [variant]):
+                shape["required"] = [*shape["required"], "model"]
+        return {"oneOf": variants}
+
     text = {"type": "string", "maxLength": settings.max_chars} if settings.long_text == "reject" else {"type": "string"}
     texts = {"type": "array", "items": text, "minItems": 1, "maxItems": settings.max_texts}
-    token_id = {"type": "integer", "minimum": 0, "maximum": vocab - 1}
-    token_ids = {"type": "array", "items": token_id, "minItems": 1}
-    # Optional fields may be null (the app reads null as absent); JSON Schema's integer admits 2.0, so does the app.
-    dimensions = {"type": ["integer", "null"], "minimum": 1, "maximum": dim}
     flag = {"type": ["boolean", "null"]}
     name = {"type": ["string", "null"]}
     vector = {"type": "array", "items": {"type": "number"}}
-    post_errors = _errors(400, 401, 413, 415, 422, 503)
+    post_errors = _errors(400, 401, 404, 413, 415, 422, 503)
+
+    def dimensions(dim: int) -> Schema:
+        # Optional fields may be null (the app reads null as absent); JSON Schema's integer admits 2.0, so does the app.
+        return {"type": ["integer", "null"], "minimum": 1, "maximum": dim}
+
+    def embeddings_request(dim: int, vocab: int, model: Schema) -> Schema:
+        token_ids = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": vocab - 1}, "minItems": 1}
+        return {
+            "type": "object",
+            "required": ["input"],
+            "properties": {
+                "input": {
+                    "oneOf": [
+                        text,
+                        texts,
+                        token_ids,
+                        {"type": "array", "items": token_ids, "minItems": 1, "maxItems": settings.max_texts},
+                    ]
+                },
+                "model": model,
+                "encoding_format": {"type": ["string", "null"], "enum": ["float", "base64", None]},
+                "dimensions": dimensions(dim),
+                "user": name,
+            },
+        }
+
+    def embed_request(dim: int, vocab: int, model: Schema) -> Schema:
+        return {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "title": "SwiftEmbed",
+                    "required": ["texts"],
+                    "not": {"required": ["inputs"]},
+                    "properties": {"texts": texts, "normalize": flag, "dimensions": dimensions(dim), "model": model},
+                },
+                {
+                    "type": "object",
+                    "title": "TEI",
+                    "required": ["inputs"],
+                    "properties": {
+                        "inputs": {"oneOf": [text, texts]},
+                        "normalize": flag,
+                        "truncate": flag,
+                        "dimensions": dimensions(dim),
+                        "model": model,
+                    },
+                },
+            ]
+        }
+
     schemas: dict[str, Schema] = {
         "Error": {
             "type": "object",
@@ -62,24 +131,7 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
                 "error_type": {"type": "string"},
             },
         },
-        "EmbeddingsRequest": {
-            "type": "object",
-            "required": ["input"],
-            "properties": {
-                "input": {
-                    "oneOf": [
-                        text,
-                        texts,
-                        token_ids,
-                        {"type": "array", "items": token_ids, "minItems": 1, "maxItems": settings.max_texts},
-                    ]
-                },
-                "model": name,
-                "encoding_format": {"type": ["string", "null"], "enum": ["float", "base64", None]},
-                "dimensions": dimensions,
-                "user": name,
-            },
-        },
+        "EmbeddingsRequest": by_model(embeddings_request),
         "EmbeddingsResponse": {
             "type": "object",
             "required": ["object", "data", "model", "usage"],
@@ -105,28 +157,7 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
                 },
             },
         },
-        "EmbedRequest": {
-            "oneOf": [
-                {
-                    "type": "object",
-                    "title": "SwiftEmbed",
-                    "required": ["texts"],
-                    "not": {"required": ["inputs"]},
-                    "properties": {"texts": texts, "normalize": flag, "dimensions": dimensions},
-                },
-                {
-                    "type": "object",
-                    "title": "TEI",
-                    "required": ["inputs"],
-                    "properties": {
-                        "inputs": {"oneOf": [text, texts]},
-                        "normalize": flag,
-                        "truncate": flag,
-                        "dimensions": dimensions,
-                    },
-                },
-            ]
-        },
+        "EmbedRequest": by_model(embed_request),
         "EmbedResponse": {
             "oneOf": [
                 {
@@ -148,7 +179,7 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
                     "type": "object",
                     "required": ["source", "targets"],
                     "not": {"required": ["pairs"]},
-                    "properties": {"source": text, "targets": texts},
+                    "properties": {"source": text, "targets": texts, "model": model},
                 },
                 {
                     "type": "object",
@@ -159,7 +190,8 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
                             "minItems": 1,
                             "maxItems": settings.max_texts // 2,
                             "items": {"type": "array", "items": text, "minItems": 2, "maxItems": 2},
-                        }
+                        },
+                        "model": model,
                     },
                 },
             ]
@@ -171,12 +203,13 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
         },
         "TokenizeRequest": {
             "oneOf": [
-                {"type": "object", "required": ["texts"], "properties": {"texts": {"oneOf": [text, texts]}}},
+                {"type": "object", "required": ["texts"],
+                 "properties": {"texts": {"oneOf": [text, texts]}, "model": model}},
                 {
                     "type": "object",
                     "required": ["inputs"],
                     "not": {"required": ["texts"]},
-                    "properties": {"inputs": {"oneOf": [text, texts]}},
+                    "properties": {"inputs": {"oneOf": [text, texts]}, "model": model},
                 },
             ]
         },
@@ -189,20 +222,52 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
             },
         },
         "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
-        "Info": {
+        "ModelFacts": {
             "type": "object",
-            "required": ["model", "checksum", "dimension", "vocab_size", "max_tokens", "limits", "version"],
+            "required": ["model", "name", "default", "checksum", "dimension", "vocab_size", "max_tokens"],
             "properties": {
-                "model": {"type": "string"},
+                "model": {"type": "string", "description": "full id"},
+                "name": {"type": "string", "description": "short name"},
+                "default": {"type": "boolean"},
                 "checksum": {"type": "string"},
                 "dimension": {"type": "integer"},
                 "vocab_size": {"type": "integer"},
                 "max_tokens": {"type": ["integer", "null"]},
                 "normalize": {"type": "boolean"},
                 "table_dtype": {"type": "string"},
-                "limits": {"type": "object"},
-                "version": {"type": "string"},
             },
+        },
+        "Info": {
+            "allOf": [
+                _ref("ModelFacts"),
+                {
+                    "type": "object",
+                    "required": ["models", "limits", "version"],
+                    "properties": {
+                        "models": {"type": "array", "items": _ref("ModelFacts")},
+                        "limits": {"type": "object"},
+                        "version": {"type": "string"},
+                    },
+                },
+            ]
+        },
+        "Model": {
+            "type": "object",
+            "required": ["id", "object", "created", "owned_by"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "model"},
+                "created": {"type": "integer"},
+                "owned_by": {"type": "string"},
+                "name": {"type": "string"},
+                "default": {"type": "boolean"},
+                "dimension": {"type": "integer"},
+            },
+        },
+        "ModelList": {
+            "type": "object",
+            "required": ["object", "data"],
+            "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}},
         },
     }
     headers = {
@@ -238,6 +303,7 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
                 "summary": "Embed JSON lines, answered as streamed JSON lines in order",
                 "description": 'Each line `{"text": ...}`; each answer line `{"index", "embedding"}` or '
                 '`{"index", "error"}` for a malformed line.',
+                "parameters": model_param,
                 "requestBody": {
                     "required": True,
                     "content": {"application/jsonl": {"schema": {"type": "string"}}},
@@ -247,18 +313,25 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
                         "description": "JSON lines",
                         "content": {"application/jsonl": {"schema": {"type": "string"}}},
                     },
-                    **_errors(401, 413, 415, 503),
+                    **_errors(401, 404, 413, 415, 503),
                 },
             }
         },
         "/similarity": post("Cosine similarity: one text against many, or pairs", "SimilarityRequest",
                             "SimilarityResponse"),
         "/tokenize": post("Token ids and strings that each text is pooled from", "TokenizeRequest", "TokenizeResponse"),
-        "/health": {"get": {"summary": "Ready once the model is loaded", "responses": {
-            "200": {"description": "Ready", **_json(_ref("Health"))},
-            "503": {"description": "Not ready", **_json(_ref("Health"))}}}},
-        "/info": {"get": {"summary": "Model and limits", "responses": {
-            "200": {"description": "OK", **_json(_ref("Info"))}, **_errors(401)}}},
+        "/health": {"get": {"summary": "Ready (the models load before the server listens)", "responses": {
+            "200": {"description": "Ready", **_json(_ref("Health"))}, **_errors(503)}}},
+        "/info": {"get": {"summary": "The default model's (or `model`'s) facts, every served model's, the limits",
+                          "parameters": model_param,
+                          "responses": {"200": {"description": "OK", **_json(_ref("Info"))}, **_errors(401, 404)}}},
+        "/v1/models": {"get": {"summary": "The served models (OpenAI's list shape)", "responses": {
+            "200": {"description": "OK", **_json(_ref("ModelList"))}, **_errors(401)}}},
+        "/v1/models/{model}": {"get": {"summary": "One served model, by short name or full id",
+                                       "parameters": [{"name": "model", "in": "path", "required": True,
+                                                       "schema": {"type": "string"}}],
+                                       "responses": {"200": {"description": "OK", **_json(_ref("Model"))},
+                                                     **_errors(401, 404)}}},
         "/metrics": {"get": {"summary": "Prometheus metrics (standalone server)", "responses": {
             "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
             "404": {"description": "Exported by Ray instead", **_json(_ref("Error"))}}}},
@@ -268,7 +341,9 @@ def openapi_spec(embedder: Embedder, settings: Settings) -> Schema:
     spec: Schema = {
         "openapi": "3.1.0",
         "info": {"title": "SwiftEmbed", "version": __version__,
-                 "description": f"Static-embedding service; model {embedder.model_id} ({dim} dimensions)."},
+                 "description": "Static-embedding service; models "
+                 + ", ".join(f"{m.model_id} ({m.embedder.dim} dimensions)" for m in catalog)
+                 + f"; default {catalog.default.model_id}."},
         "paths": paths,
         "components": {"schemas": schemas},
     }

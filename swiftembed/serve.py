@@ -1,12 +1,11 @@
-"""The Ray Serve layer: the HTTP app as a Serve ingress, request batching into one kernel call, a shared table.
+"""The Ray Serve layer: the HTTP app as a Serve ingress over every served model, batched pooling, shared tables.
 
-- The token table is `ray.put` once by a detached owner actor per model checksum, so it outlives whatever
-  built the application (under `serve deploy` and KubeRay the builder runs in a short-lived task, and an object
-  it puts dies with it). Replicas read it zero-copy from their node's object store; if the owner is gone they
-  start a new one, and if that fails they fall back to their own copy from disk.
-- Concurrent requests' texts are batched into one tokenize + pool call by the same Batcher the standalone server
-  uses (swiftembed/batching.py); each request then finishes (dimensions, normalization, encoding) its own rows.
-- The same deployment answers `DeploymentHandle` calls: `await handle.embed.remote(texts)`.
+- Every replica serves every configured model (by default the bundled ones); each model's token table is one
+  copy per node in Ray's object store, read zero-copy by all replicas (swiftembed/tables.py).
+- Concurrent requests' texts are batched into one tokenize + pool call per model by the same Batcher the
+  standalone server uses (swiftembed/batching.py); each request then finishes (dimensions, normalization,
+  encoding) its own rows.
+- The same deployment answers `DeploymentHandle` calls: `await handle.embed.remote(texts, model=...)`.
 - Under the HAProxy ingress (swiftembed/ingress.py) requests reach each replica's own HTTP server directly;
   replicas report their load for Serve's autoscaler themselves (`in_flight_policy`).
 """
@@ -29,61 +28,18 @@ from ray.serve.metrics import Counter, Histogram
 
 from swiftembed.app import EmbeddingApi
 from swiftembed.batching import Batcher, Pooled
-from swiftembed.embedder import Embedder
+from swiftembed.catalog import Catalog
 from swiftembed.ingress import choose_ingress, serve_environment
 from swiftembed.metrics import BATCH_BUCKETS, KERNEL_BUCKETS_MS, LATENCY_BUCKETS_MS
-from swiftembed.model import StaticModel, load_model
 from swiftembed.pooling import Precision
 from swiftembed.settings import Settings
+from swiftembed.tables import NAMESPACE, SharedTables
 
 log = logging.getLogger("ray.serve")
 
-NAMESPACE = "swiftembed"
 APP_NAME = "swiftembed"
 DEPLOYMENT_NAME = "SwiftEmbed"
 DEFAULT_BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.0}
-
-
-@ray.remote(num_cpus=0, max_restarts=0)
-class TableOwner:
-    """Owns the object-store copy of one model's float32 table; detached, named by the model's checksum."""
-
-    def __init__(self, source: str | None) -> None:
-        model = load_model(source)
-        self.checksum = model.checksum
-        self.ref = ray.put(np.ascontiguousarray(model.embeddings, dtype=np.float32))
-
-    def table(self) -> tuple[str, list[ray.ObjectRef]]:
-        return self.checksum, [self.ref]  # in a list, so Ray hands over the reference, not the array
-
-
-def owner_name(checksum: str) -> str:
-    return f"table-{checksum[:24]}"
-
-
-def shared_table(model: StaticModel, source: str | None, timeout_s: float = 120.0) -> tuple[np.ndarray, str]:
-    """The model's float32 table as a zero-copy, read-only view from the object store (or a private copy)."""
-    name = owner_name(model.checksum)
-    for attempt in (1, 2):
-        owner = None
-        try:
-            owner = TableOwner.options(  # type: ignore[attr-defined]
-                name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-            ).remote(source)
-            checksum, (ref,) = ray.get(owner.table.remote(), timeout=timeout_s)
-            if checksum != model.checksum:
-                raise RuntimeError(f"owner {name} holds checksum {checksum}, expected {model.checksum}")
-            table = ray.get(ref, timeout=timeout_s)
-            return table, "object_store"
-        except Exception as exc:  # owner died, its object was lost, or it could not load the model
-            log.warning("shared table attempt %d for %s failed: %s", attempt, name, exc)
-            if owner is not None:
-                try:
-                    ray.kill(owner)
-                except Exception:
-                    pass
-    log.warning("serving %s from a private copy of its table", model.model_id)
-    return np.ascontiguousarray(model.embeddings, dtype=np.float32), "private"
 
 
 class RayMetrics:
@@ -99,27 +55,27 @@ class RayMetrics:
     def __init__(self) -> None:
         self.latency = Histogram(
             "swiftembed_request_latency_ms", description="Request latency in milliseconds",
-            boundaries=list(LATENCY_BUCKETS_MS), tag_keys=("route", "status"),
+            boundaries=list(LATENCY_BUCKETS_MS), tag_keys=("route", "status", "model"),
         )
-        self.requests = Counter("swiftembed_requests", description="Requests by route and status",
-                                tag_keys=("route", "status"))
-        self.texts = Counter("swiftembed_texts", description="Texts embedded", tag_keys=("route",))
-        self.tokens = Counter("swiftembed_tokens", description="Tokens pooled", tag_keys=("route",))
+        self.requests = Counter("swiftembed_requests", description="Requests by route, status and model",
+                                tag_keys=("route", "status", "model"))
+        self.texts = Counter("swiftembed_texts", description="Texts embedded", tag_keys=("route", "model"))
+        self.tokens = Counter("swiftembed_tokens", description="Tokens pooled", tag_keys=("route", "model"))
         self.batch_size = Histogram("swiftembed_batch_size", description="Texts per kernel call",
-                                    boundaries=list(BATCH_BUCKETS))
+                                    boundaries=list(BATCH_BUCKETS), tag_keys=("model",))
         self.batch_requests = Histogram("swiftembed_batch_requests", description="Requests per kernel call",
-                                        boundaries=list(BATCH_BUCKETS))
+                                        boundaries=list(BATCH_BUCKETS), tag_keys=("model",))
         self.kernel = Histogram("swiftembed_kernel_time_ms", description="Tokenize + pool time per batch (ms)",
-                                boundaries=list(KERNEL_BUCKETS_MS))
-        self._requests: deque[tuple[str, int, float, int, int]] = deque()
-        self._batches: deque[tuple[int, int, float]] = deque()
+                                boundaries=list(KERNEL_BUCKETS_MS), tag_keys=("model",))
+        self._requests: deque[tuple[str, int, float, int, int, str]] = deque()
+        self._batches: deque[tuple[str, int, int, float]] = deque()
         threading.Thread(target=self._flush_forever, name="swiftembed-metrics", daemon=True).start()
 
-    def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int) -> None:
-        self._requests.append((route, status, latency_ms, texts, tokens))
+    def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int, model: str) -> None:
+        self._requests.append((route, status, latency_ms, texts, tokens, model))
 
-    def batch(self, texts: int, requests: int, kernel_ms: float) -> None:
-        self._batches.append((texts, requests, kernel_ms))
+    def batch(self, model: str, texts: int, requests: int, kernel_ms: float) -> None:
+        self._batches.append((model, texts, requests, kernel_ms))
 
     def exposition(self) -> tuple[bytes, str] | None:
         return None  # Ray exports these on each node's metrics port
@@ -134,26 +90,27 @@ class RayMetrics:
 
     def flush(self) -> None:
         """Record what the queues hold (deque pops are atomic, so requests may go on appending meanwhile)."""
-        counts: dict[tuple[str, str], list[int]] = {}
+        counts: dict[tuple[str, str, str], list[int]] = {}
         while self._requests:
-            route, status, latency_ms, texts, tokens = self._requests.popleft()
-            tags = {"route": route, "status": str(status)}
+            route, status, latency_ms, texts, tokens, model = self._requests.popleft()
+            tags = {"route": route, "status": str(status), "model": model}
             self.latency.observe(latency_ms, tags=tags)
-            sums = counts.setdefault((route, tags["status"]), [0, 0, 0])
+            sums = counts.setdefault((route, tags["status"], model), [0, 0, 0])
             sums[0] += 1
             sums[1] += texts
             sums[2] += tokens
-        for (route, status), (requests, texts, tokens) in counts.items():
-            self.requests.inc(requests, tags={"route": route, "status": status})
+        for (route, status, model), (requests, texts, tokens) in counts.items():
+            self.requests.inc(requests, tags={"route": route, "status": status, "model": model})
             if texts:
-                self.texts.inc(texts, tags={"route": route})
+                self.texts.inc(texts, tags={"route": route, "model": model})
             if tokens:
-                self.tokens.inc(tokens, tags={"route": route})
+                self.tokens.inc(tokens, tags={"route": route, "model": model})
         while self._batches:
-            texts, requests, kernel_ms = self._batches.popleft()
-            self.batch_size.observe(texts)
-            self.batch_requests.observe(requests)
-            self.kernel.observe(kernel_ms)
+            model, texts, requests, kernel_ms = self._batches.popleft()
+            tags = {"model": model}
+            self.batch_size.observe(texts, tags=tags)
+            self.batch_requests.observe(requests, tags=tags)
+            self.kernel.observe(kernel_ms, tags=tags)
 
 
 IN_FLIGHT, BUSY = "in_flight", "busy"
@@ -184,6 +141,13 @@ def in_flight_policy(ctx: AutoscalingContext) -> tuple[float, dict[str, Any]]:
     max_ongoing_requests=64,
     max_queued_requests=256,
     backpressure_config={"retry_after_s": 1},  # a full queue answers 503 with Retry-After
+    # A new config that restarts replicas (new models, code or args) starts each replacement before stopping the
+    # replica it replaces (Serve's default stops first: with one replica, nothing would serve in between).
+    max_surge_percent=25,
+    # Serve notices a dead replica at its next health check: every second rather than Serve's 10, so a killed
+    # replica is replaced within seconds (docs/reliability.md). A check is one small actor call.
+    health_check_period_s=1,
+    health_check_timeout_s=10,
     user_config=DEFAULT_BATCH,
     # Serve's access log writes a line per request from the replica: a tenth of a one-text request's cost.
     # Turn it on per deployment (`logging_config: {enable_access_log: true}` in the Serve config) when wanted.
@@ -195,27 +159,28 @@ class SwiftEmbedDeployment:
 
     def __init__(
         self,
-        model: str | None = None,
+        models: list[str] | None = None,
+        default_model: str | None = None,
         max_tokens: int | None = -1,
         settings: dict[str, Any] | None = None,
         share_table: bool = True,
     ) -> None:
-        """`share_table=False` keeps a private table per replica (for comparison, or without an object store)."""
-        loaded = load_model(model)
-        if share_table:
-            table, self.table_source = shared_table(loaded, model)
-        else:
-            table, self.table_source = np.ascontiguousarray(loaded.embeddings, dtype=np.float32), "private"
-        if loaded.embeddings.dtype == np.float32:
-            loaded = loaded.with_embeddings(table)  # drop the private copy read from disk
-        self.embedder = Embedder(loaded, max_tokens=max_tokens, table=table)
+        """`models`: model specs (see `Catalog.load`; default the bundled models), the first the default unless
+        `default_model` names another. `share_table=False` keeps private tables (for comparison, or without an
+        object store)."""
+        self.tables = SharedTables() if share_table else None
+        self.catalog = Catalog.load(models, default=default_model, max_tokens=max_tokens, table=self.tables)
         self.settings = Settings.from_env(**(settings or {}))
         self.metrics = RayMetrics()
-        self.batcher = Batcher(self.embedder, observe=self.metrics.batch)
-        self.api = EmbeddingApi(self.embedder, self.batcher, self.settings, self.metrics)
+        self.batcher = Batcher(observe=self.metrics.batch)
+        self.api = EmbeddingApi(self.catalog, self.batcher, self.settings, self.metrics)
         self._busy_mark = (time.perf_counter(), 0.0)
         self.batch_config = dict(DEFAULT_BATCH)
-        log.info("SwiftEmbed replica ready: %s (%s table)", loaded.model_id, self.table_source)
+        log.info("SwiftEmbed replica ready: %s", ", ".join(
+            f"{m.model_id} ({self.table_source(m.embedder.checksum)} table)" for m in self.catalog))
+
+    def table_source(self, checksum: str) -> str:
+        return "private" if self.tables is None else self.tables.sources.get(checksum, "private")
 
     def __serve_build_asgi_app__(self) -> Any:
         return self.api.app
@@ -240,52 +205,75 @@ class SwiftEmbedDeployment:
         self,
         texts: str | list[str],
         *,
+        model: str | None = None,
         normalize: bool | None = None,
         dimensions: int | None = None,
         precision: Precision = "float32",
     ) -> np.ndarray:
-        """Vectors for `texts` (one string gives a 1-D vector), batched with concurrent HTTP and handle calls."""
+        """Vectors for `texts` (one string gives a 1-D vector) from `model` (a served model's short name or full id;
+        default the service's default), batched with concurrent HTTP and handle calls. An unknown model raises
+        `UnknownModel` (a KeyError)."""
+        served = self.catalog.get(model)
         single = isinstance(texts, str)
         batch = [texts] if single else list(texts)
         if not all(isinstance(t, str) for t in batch):
             raise TypeError("texts must be a string or a list of strings")
-        self.embedder.check_options(dimensions, precision)
+        embedder = served.embedder
+        embedder.check_options(dimensions, precision)
         self.api.load.enter()  # handle calls are load too
         try:
-            pooled = await self.batcher.pool(batch) if batch else Pooled(np.zeros((0, self.embedder.dim), np.float32),
-                                                                          [])
+            pooled = (await self.batcher.pool(batch, served) if batch
+                      else Pooled(np.zeros((0, embedder.dim), np.float32), []))
         finally:
             self.api.load.exit()
-        vectors = self.embedder.finish(
+        vectors = embedder.finish(
             pooled.sums, tokens=pooled.tokens, normalize=normalize, dimensions=dimensions, precision=precision
         )
         return vectors[0] if single else vectors
 
-    async def similarity(self, a: str | list[str], b: str | list[str]) -> np.ndarray:
+    async def similarity(self, a: str | list[str], b: str | list[str], *, model: str | None = None) -> np.ndarray:
         """Cosine similarity matrix between the texts of `a` and of `b`."""
-        left = await self.embed([a] if isinstance(a, str) else a, normalize=True)
-        right = await self.embed([b] if isinstance(b, str) else b, normalize=True)
+        left = await self.embed([a] if isinstance(a, str) else a, model=model, normalize=True)
+        right = await self.embed([b] if isinstance(b, str) else b, model=model, normalize=True)
         return left @ right.T
 
-    async def info(self) -> dict[str, Any]:
-        e = self.embedder
+    async def info(self, model: str | None = None) -> dict[str, Any]:
+        """The facts of `model` (default: the default model), every served model's, and this replica's."""
+        served = self.catalog.get(model)
         return {
-            "model": e.model_id, "checksum": e.checksum, "dimension": e.dim, "vocab_size": e.vocab_size,
-            "max_tokens": e.max_tokens, "table_source": self.table_source, "pid": os.getpid(),
-            "batch": self.batch_config, "largest_batch_requests": self.batcher.largest_batch,
+            **self.api.facts(served),
+            "table_source": self.table_source(served.embedder.checksum),
+            "models": [{**self.api.facts(m), "table_source": self.table_source(m.embedder.checksum)}
+                       for m in self.catalog],
+            "pid": os.getpid(), "batch": self.batch_config, "largest_batch_requests": self.batcher.largest_batch,
         }
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """Application builder for `serve run` / `serve deploy` / RayService: `import_path: swiftembed.serve:build_app`.
 
-    args: `model` (directory or Hub id; default the vendored potion-base-8M), `max_tokens`, and any Settings
-    field (e.g. `max_texts`, `api_key`) to override the SWIFTEMBED_* environment.
+    args: `models` (a list of model specs, directories, bundled names or Hub ids, `NAME=SOURCE` to rename; default
+    the bundled models) or `model` (one), `default_model` (default the first), `max_tokens`, and any Settings field
+    (e.g. `max_texts`, `api_key`) to override the SWIFTEMBED_* environment.
     """
     args = dict(args or {})
-    model = args.pop("model", None)
+    models = model_specs(args.pop("models", None), args.pop("model", None))
+    default_model = args.pop("default_model", None)
     max_tokens = args.pop("max_tokens", -1)
-    return SwiftEmbedDeployment.bind(model=model, max_tokens=max_tokens, settings=args)  # type: ignore[attr-defined]
+    return SwiftEmbedDeployment.bind(  # type: ignore[attr-defined]
+        models=models, default_model=default_model, max_tokens=max_tokens, settings=args
+    )
+
+
+def model_specs(models: list[str] | str | None, model: str | None = None) -> list[str] | None:
+    """The `models` list of a Serve config (a list, or one comma-separated string), or its single `model`."""
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    if model is not None:
+        if models:
+            raise ValueError("give 'models' or 'model', not both")
+        models = [model]
+    return models or None
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -294,7 +282,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def run_local(
     *,
-    model: str | None = None,
+    models: list[str] | None = None,
+    default_model: str | None = None,
     max_tokens: int | None = -1,
     settings: Settings | None = None,
     host: str = "127.0.0.1",
@@ -314,7 +303,7 @@ def run_local(
     cpus = min(1.0, (os.cpu_count() or 1) / max(num_replicas, 1))  # several replicas must fit a small machine
     app = SwiftEmbedDeployment.options(  # type: ignore[attr-defined]
         num_replicas=num_replicas, ray_actor_options={"num_cpus": cpus}
-    ).bind(model=model, max_tokens=max_tokens, settings=overrides)
+    ).bind(models=models, default_model=default_model, max_tokens=max_tokens, settings=overrides)
     ray.init(namespace=NAMESPACE, include_dashboard=False, _metrics_export_port=metrics_port)
     # SIGTERM (kill, systemd, a container stop) takes the same path out as Ctrl-C, also while starting: Serve,
     # HAProxy and Ray stop. Set after ray.init, which installs a handler of its own that exits without stopping Serve.

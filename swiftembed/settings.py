@@ -20,9 +20,14 @@ class Settings:
         changes a vector unless `max_chars` is set below that (about 3,000 for potion-base-8M).
     max_body_bytes: request body of the JSON routes; 413 beyond it.
     max_jsonl_bytes / max_jsonl_lines: the streamed /embed/jsonl route.
-    api_key: when set, every route but /health and /metrics needs `Authorization: Bearer <key>`.
+    api_key: when set, every route but /health and /metrics needs `Authorization: Bearer <key>`. From the
+        environment (SWIFTEMBED_API_KEY) or a file (SWIFTEMBED_API_KEY_FILE, `--api-key-file`; e.g. a mounted
+        Kubernetes Secret), never from the command line, where every user of the machine can read it.
     cors_origins: CORS is off unless origins are listed.
-    max_concurrency: requests handled at once by one standalone server; beyond it 503 + Retry-After.
+    max_concurrency: requests handled at once by one server (or replica); beyond it 503 + Retry-After.
+    body_chunk_timeout_s / body_timeout_s: the longest wait for the next piece of a request body, and for a whole
+        JSON body; beyond either the request gets 408 and frees its slot (a client that sends part of a body and
+        goes quiet cannot hold a slot). The streamed /embed/jsonl route has only the per-chunk limit.
     """
 
     max_texts: int = 2048
@@ -34,12 +39,16 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
     max_concurrency: int = 256
+    body_chunk_timeout_s: float = 5.0
+    body_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         limits = ("max_texts", "max_chars", "max_body_bytes", "max_jsonl_bytes", "max_jsonl_lines", "max_concurrency")
         for name in limits:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
+        if not 0 < self.body_chunk_timeout_s <= self.body_timeout_s:
+            raise ValueError("body timeouts must be positive, the per-chunk one at most the total")
         if self.long_text not in ("truncate", "reject"):
             raise ValueError("long_text must be 'truncate' or 'reject'")
 
@@ -56,8 +65,13 @@ class Settings:
                 values[item.name] = tuple(o.strip() for o in raw.split(",") if o.strip())
             elif item.name in ("api_key", "long_text"):
                 values[item.name] = raw
+            elif item.name.endswith("_s"):
+                values[item.name] = float(raw)
             else:
                 values[item.name] = int(raw)
+        key_file = env.get("SWIFTEMBED_API_KEY_FILE")
+        if key_file and "api_key" not in values:
+            values["api_key"] = read_key_file(key_file)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
@@ -70,5 +84,18 @@ class Settings:
             "max_body_bytes": self.max_body_bytes,
             "max_jsonl_bytes": self.max_jsonl_bytes,
             "max_jsonl_lines": self.max_jsonl_lines,
+            "body_chunk_timeout_s": self.body_chunk_timeout_s,
+            "body_timeout_s": self.body_timeout_s,
             "auth": self.api_key is not None,
         }
+
+
+def read_key_file(path: str) -> str:
+    """The API key in a file: its content without the trailing newline; an unreadable or empty file is an error."""
+    try:
+        key = open(path, encoding="utf-8").read().strip()  # noqa: SIM115
+    except OSError as exc:
+        raise ValueError(f"cannot read the API key file {path}: {exc.strerror}") from None
+    if not key:
+        raise ValueError(f"the API key file {path} is empty")
+    return key

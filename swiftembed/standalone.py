@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from swiftembed.app import create_app
-from swiftembed.embedder import Embedder
+from swiftembed.catalog import Catalog
 from swiftembed.metrics import PrometheusMetrics
 from swiftembed.settings import Settings
 
 
-def standalone_app(embedder: Embedder, settings: Settings | None = None) -> Starlette:
-    return create_app(embedder, settings=settings, metrics=PrometheusMetrics())
+def standalone_app(catalog: Catalog, settings: Settings | None = None) -> ASGIApp:
+    return create_app(catalog, settings=settings, metrics=PrometheusMetrics())
 
 
-def run_standalone(embedder: Embedder, settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
+def run_standalone(catalog: Catalog, settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
     uvicorn.run(
-        standalone_app(embedder, settings),
+        standalone_app(catalog, settings),
         host=host,
         port=port,
         log_level="warning",

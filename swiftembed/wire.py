@@ -44,7 +44,8 @@ class ApiError(Exception):
         )
 
 
-_TEI_TYPES = {400: "Validation", 401: "Unauthorized", 413: "Validation", 422: "Validation", 429: "Overloaded",
+_TEI_TYPES = {400: "Validation", 401: "Unauthorized", 404: "NotFound", 413: "Validation", 422: "Validation",
+              429: "Overloaded",
               503: "Unhealthy"}
 
 
@@ -86,18 +87,12 @@ class EmbedRequest(NamedTuple):
     texts: list[str] | None
     token_ids: list[list[int]] | None
     options: Options
-    single: bool = False  # the input was one string, not a list (TEI answers a list either way)
     encoding_format: str = "float"
-    model: str | None = None
-
-    @property
-    def count(self) -> int:
-        return len(self.texts if self.texts is not None else self.token_ids or [])
 
 
-def _texts(value: object, param: str, settings: Settings, *, allow_single: bool = True) -> tuple[list[str], bool]:
+def _texts(value: object, param: str, settings: Settings, *, allow_single: bool = True) -> list[str]:
     if isinstance(value, str) and allow_single:
-        return [text(value, param, settings)], True
+        return [text(value, param, settings)]
     if not isinstance(value, list):
         raise invalid(f"'{param}' must be {'a string or ' if allow_single else ''}a list of strings", param)
     if not value:
@@ -110,8 +105,8 @@ def _texts(value: object, param: str, settings: Settings, *, allow_single: bool 
     limit = settings.max_chars
     for item in value:
         if type(item) is not str or len(item) > limit:
-            return [text(item, f"{param}[{i}]", settings) for i, item in enumerate(value)], False
-    return value, False  # the usual case: nothing to name or cut
+            return [text(item, f"{param}[{i}]", settings) for i, item in enumerate(value)]
+    return value  # the usual case: nothing to name or cut
 
 
 def text(value: object, param: str, settings: Settings) -> str:
@@ -149,7 +144,8 @@ def _flag(value: object, param: str) -> bool | None:
 
 
 def parse_openai(obj: dict[str, Any], settings: Settings, dim: int, vocab_size: int) -> EmbedRequest:
-    """OpenAI /v1/embeddings: `input` is a string, strings, a token id list, or token id lists."""
+    """OpenAI /v1/embeddings: `input` is a string, strings, a token id list, or token id lists (`model` is the
+    caller's to resolve)."""
     if "input" not in obj:
         raise invalid("'input' is required", "input")
     value = obj["input"]
@@ -158,23 +154,19 @@ def parse_openai(obj: dict[str, Any], settings: Settings, dim: int, vocab_size: 
         encoding_format = "float"
     if encoding_format not in ("float", "base64"):
         raise invalid("'encoding_format' must be 'float' or 'base64'", "encoding_format")
-    model = obj.get("model")
-    if model is not None and not isinstance(model, str):
-        raise invalid("'model' must be a string", "model")
     user = obj.get("user")
     if user is not None and not isinstance(user, str):
         raise invalid("'user' must be a string", "user")
     options = Options(dimensions=_dimensions(obj.get("dimensions"), dim))
     if isinstance(value, list) and value and all(_integer(v) is not None for v in value):
-        return EmbedRequest(None, [_token_ids(value, "input", vocab_size)], options, True, encoding_format, model)
+        return EmbedRequest(None, [_token_ids(value, "input", vocab_size)], options, encoding_format)
     if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
         if len(value) > settings.max_texts:
             raise ApiError(413, f"'input' has {len(value)} token lists; the limit is {settings.max_texts}",
                            param="input", code="too_many_texts")
         ids = [_token_ids(v, f"input[{i}]", vocab_size) for i, v in enumerate(value)]
-        return EmbedRequest(None, ids, options, False, encoding_format, model)
-    texts, single = _texts(value, "input", settings)
-    return EmbedRequest(texts, None, options, single, encoding_format, model)
+        return EmbedRequest(None, ids, options, encoding_format)
+    return EmbedRequest(_texts(value, "input", settings), None, options, encoding_format)
 
 
 def _token_ids(value: list[Any], param: str, vocab_size: int) -> list[int]:
@@ -193,21 +185,21 @@ def _token_ids(value: list[Any], param: str, vocab_size: int) -> list[int]:
 def parse_embed(obj: dict[str, Any], settings: Settings, dim: int) -> tuple[EmbedRequest, ErrorStyle]:
     """POST /embed: SwiftEmbed's `{"texts": [...]}` or TEI's `{"inputs": str | [str], ...}`."""
     if "inputs" in obj:  # TEI: normalize defaults to true; `truncate` is accepted (we always truncate)
-        texts, single = _texts(obj["inputs"], "inputs", settings)
+        texts = _texts(obj["inputs"], "inputs", settings)
         _flag(obj.get("truncate"), "truncate")
         normalize = _flag(obj.get("normalize"), "normalize")
         normalize = True if normalize is None else normalize
         options = Options(normalize=normalize, dimensions=_dimensions(obj.get("dimensions"), dim))
-        return EmbedRequest(texts, None, options, single), "tei"
+        return EmbedRequest(texts, None, options), "tei"
     if "texts" not in obj:
         raise invalid("'texts' (or TEI's 'inputs') is required", "texts")
-    texts, single = _texts(obj["texts"], "texts", settings, allow_single=False)
+    texts = _texts(obj["texts"], "texts", settings, allow_single=False)
     if len(obj) == 1:  # the usual request: texts and nothing else
-        return EmbedRequest(texts, None, DEFAULT_OPTIONS, single), "openai"
+        return EmbedRequest(texts, None, DEFAULT_OPTIONS), "openai"
     options = Options(
         normalize=_flag(obj.get("normalize"), "normalize"), dimensions=_dimensions(obj.get("dimensions"), dim)
     )
-    return EmbedRequest(texts, None, options, single), "openai"
+    return EmbedRequest(texts, None, options), "openai"
 
 
 def parse_similarity(obj: dict[str, Any], settings: Settings) -> tuple[list[str], list[str], bool]:
@@ -232,7 +224,7 @@ def parse_similarity(obj: dict[str, Any], settings: Settings) -> tuple[list[str]
     if "source" not in obj or "targets" not in obj:
         raise invalid("give 'source' and 'targets', or 'pairs'", "source")
     source = text(obj["source"], "source", settings)
-    targets, _ = _texts(obj["targets"], "targets", settings, allow_single=False)
+    targets = _texts(obj["targets"], "targets", settings, allow_single=False)
     return [source], targets, False
 
 
@@ -240,7 +232,7 @@ def parse_tokenize(obj: dict[str, Any], settings: Settings) -> list[str]:
     key = "texts" if "texts" in obj else "inputs"
     if key not in obj:
         raise invalid("'texts' is required", "texts")
-    return _texts(obj[key], key, settings)[0]
+    return _texts(obj[key], key, settings)
 
 
 # Responses -----------------------------------------------------------------------------------------------------

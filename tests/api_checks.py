@@ -27,10 +27,11 @@ def check_openai_client(url: str, embedder) -> None:
         assert [item.index for item in result.data] == list(range(len(TEXTS)))
         assert result.usage.prompt_tokens == sum(map(len, embedder.tokenize(TEXTS)))
         assert result.model == embedder.model_id
-    small = client.embeddings.create(model="m", input="hello world", dimensions=32, encoding_format="float")
+    small = client.embeddings.create(model="potion-base-8M", input="hello world", dimensions=32,
+                                     encoding_format="float")
     np.testing.assert_allclose(small.data[0].embedding, embedder.encode(["hello world"], dimensions=32)[0], atol=ATOL)
     ids = embedder.tokenize(["hello world", "dancing man"])
-    by_ids = client.embeddings.create(model="m", input=ids, encoding_format="float")
+    by_ids = client.embeddings.create(model="minishlab/potion-base-8M", input=ids, encoding_format="float")
     np.testing.assert_allclose(
         [d.embedding for d in by_ids.data], embedder.encode(["hello world", "dancing man"]), atol=ATOL
     )
@@ -98,7 +99,8 @@ def check_service_routes(url: str, embedder) -> None:
         assert info["dimension"] == 256 and info["max_tokens"] == 512 and info["limits"]["max_texts"] >= 1
         spec = http.get("/openapi.json").json()
         assert set(spec["paths"]) == {"/v1/embeddings", "/embed", "/embed/jsonl", "/similarity", "/tokenize",
-                                      "/health", "/info", "/metrics", "/openapi.json"}
+                                      "/health", "/info", "/metrics", "/openapi.json", "/v1/models",
+                                      "/v1/models/{model}"}
 
 
 BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int]] = [
@@ -117,7 +119,7 @@ BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("lone surrogate", "/embed", b'{"texts": ["\\ud800"]}', {}, 400),
     ("invalid utf-8", "/embed", b'{"texts": ["\xff\xfe"]}', {}, 400),
     ("wrong content type", "/embed", b'{"texts": ["a"]}', {"Content-Type": "text/plain"}, 415),
-    ("openai missing input", "/v1/embeddings", b'{"model": "m"}', {}, 422),
+    ("openai missing input", "/v1/embeddings", b'{"model": "potion-base-8M"}', {}, 422),
     ("openai bad format", "/v1/embeddings", b'{"input": "a", "encoding_format": "int8"}', {}, 422),
     ("openai token id out of vocab", "/v1/embeddings", b'{"input": [1, 99999999]}', {}, 422),
     ("openai negative token id", "/v1/embeddings", b'{"input": [[-1]]}', {}, 422),
@@ -156,6 +158,13 @@ BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("similarity missing targets", "/similarity", b'{"source": "a"}', {}, 422),
     ("similarity empty targets", "/similarity", b'{"source": "a", "targets": []}', {}, 422),
     ("tokenize wrong type", "/tokenize", b'{"texts": 5}', {}, 422),
+    # Several models (issue 18): an unknown model is 404 on every route that takes one.
+    ("openai unknown model", "/v1/embeddings", b'{"input": "a", "model": "text-embedding-3-small"}', {}, 404),
+    ("embed unknown model", "/embed", b'{"texts": ["a"], "model": "nope"}', {}, 404),
+    ("tei unknown model", "/embed", b'{"inputs": "a", "model": "nope"}', {}, 404),
+    ("similarity unknown model", "/similarity", b'{"source": "a", "targets": ["b"], "model": "nope"}', {}, 404),
+    ("tokenize unknown model", "/tokenize", b'{"texts": ["a"], "model": "nope"}', {}, 404),
+    ("embed model not a string", "/embed", b'{"texts": ["a"], "model": 5}', {}, 422),
 ]
 
 
@@ -171,6 +180,63 @@ def check_bad_requests(url: str) -> None:
         # Still healthy and correct afterwards.
         assert http.get("/health").status_code == 200
         assert http.post("/embed", json={"texts": ["still fine"]}).status_code == 200
+
+
+def check_models(url: str, embedders: dict, default: str = "potion-base-8M") -> None:
+    """Every served model by short name and full id gives its own library vectors on every route; an unknown model
+    is 404 `model_not_found` naming the served ones; /v1/models lists them; shapes without a model use the default."""
+    import json
+
+    from openai import NotFoundError, OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+    texts = ["not a good movie", "A man with a hard hat is dancing.", ""]
+    listed = client.models.list().data
+    assert [m.id for m in listed] == [e.model_id for e in embedders.values()]
+    assert [m.model_extra["name"] for m in listed] == list(embedders)
+    assert [m.model_extra["default"] for m in listed] == [name == default for name in embedders]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for name, embedder in embedders.items():
+            expected = embedder.encode(texts)
+            assert client.models.retrieve(embedder.model_id).id == embedder.model_id
+            assert client.models.retrieve(name).id == embedder.model_id
+            for asked in dict.fromkeys((name, embedder.model_id)):
+                result = client.embeddings.create(model=asked, input=texts)
+                np.testing.assert_allclose(np.array([d.embedding for d in result.data]), expected, atol=ATOL)
+                assert result.model == embedder.model_id
+                body = http.post("/embed", json={"texts": texts, "model": asked}).json()
+                np.testing.assert_allclose(body["embeddings"], expected, atol=ATOL)
+                assert body["model"] == embedder.model_id
+            jsonl = b"".join(b'{"text": "%s"}\n' % t.encode() for t in texts)
+            r = http.post("/embed/jsonl", params={"model": name}, content=jsonl,
+                          headers={"Content-Type": "application/jsonl"})
+            rows = [json.loads(line)["embedding"] for line in r.text.splitlines() if line]
+            np.testing.assert_allclose(rows, expected, atol=ATOL)
+            scores = http.post("/similarity", json={"source": texts[0], "targets": texts[1:2], "model": name}).json()
+            np.testing.assert_allclose(scores["scores"], embedder.similarity(texts[0], texts[1:2])[0], atol=ATOL)
+            tokens = http.post("/tokenize", json={"texts": texts[:1], "model": name}).json()
+            assert tokens["ids"] == embedder.tokenize(texts[:1])
+            info = http.get("/info", params={"model": embedder.model_id}).json()
+            assert (info["name"], info["checksum"], info["default"]) == (name, embedder.checksum, name == default)
+        tei = http.post("/embed", json={"inputs": texts}).json()  # TEI's shape has no model: the default
+        np.testing.assert_allclose(tei, embedders[default].encode(texts), atol=ATOL)
+        assert http.get("/info").json()["name"] == default
+        assert [m["name"] for m in http.get("/info").json()["models"]] == list(embedders)
+        missing = http.post("/v1/embeddings", json={"input": "a", "model": "text-embedding-3-small"})
+        assert missing.status_code == 404
+        error = missing.json()["error"]
+        assert error["code"] == "model_not_found" and error["param"] == "model"
+        assert all(name in error["message"] for name in embedders)
+        assert http.get("/v1/models/text-embedding-3-small").status_code == 404
+        assert http.get("/info", params={"model": "nope"}).status_code == 404
+        r = http.post("/embed/jsonl", params={"model": "nope"}, content=b'{"text": "a"}\n',
+                      headers={"Content-Type": "application/jsonl"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    try:
+        client.embeddings.create(model="text-embedding-3-small", input="a")
+        raise AssertionError("an unknown model must be refused")
+    except NotFoundError as exc:
+        assert exc.status_code == 404 and exc.code == "model_not_found"
 
 
 def decode_base64(value: str) -> np.ndarray:

@@ -49,6 +49,14 @@ def embedder() -> Embedder:
 
 
 @pytest.fixture(scope="session")
+def embedders(embedder) -> dict[str, Embedder]:
+    """Every bundled model by short name, the default first."""
+    from swiftembed.catalog import BUNDLED
+
+    return {name: embedder if i == 0 else Embedder.load(name) for i, name in enumerate(BUNDLED)}
+
+
+@pytest.fixture(scope="session")
 def reference():
     model2vec = pytest.importorskip("model2vec")
     return model2vec.StaticModel.from_pretrained(str(DEFAULT_MODEL_DIR))

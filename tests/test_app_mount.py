@@ -41,5 +41,5 @@ def test_routes_auth_and_labels_below_a_prefix(embedder):
     status, body = call(app, "POST", "/embed", b'{"texts": ["a"]}', {"authorization": "Bearer k"})
     assert status == 200 and len(orjson.loads(body)["embeddings"][0]) == 256
     exposition = metrics.exposition()[0].decode()
-    assert 'swiftembed_requests_total{route="/embed",status="200"} 1.0' in exposition
+    assert 'swiftembed_requests_total{model="potion-base-8M",route="/embed",status="200"} 1.0' in exposition
     assert 'route="other"' not in exposition

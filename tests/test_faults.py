@@ -49,7 +49,7 @@ def test_replica_killed_under_load(ray_serve, embedder):
         handle = serve.get_app_handle("fault")
         before = _replica_pids(handle, 2)
         assert len(before) == 2
-        load = RetryingLoad(srv.url, concurrency=6, texts_per_request=16).start()
+        load = RetryingLoad(srv.url, concurrency=6, texts_per_request=16, nice=10).start()
         time.sleep(2.0)
         victim = min(before)
         killed = time.monotonic()

@@ -44,6 +44,10 @@ def test_service_routes(url, embedder):
     api_checks.check_service_routes(url, embedder)
 
 
+def test_models_by_name(url, embedders):
+    api_checks.check_models(url, embedders)
+
+
 def test_bad_requests(url):
     api_checks.check_bad_requests(url)
 
@@ -51,9 +55,15 @@ def test_bad_requests(url):
 def test_metrics_exposition(url):
     httpx.post(f"{url}/embed", json={"texts": ["count me", "and me"]})
     text = httpx.get(f"{url}/metrics").text
-    assert 'swiftembed_requests_total{route="/embed",status="200"}' in text
+    assert 'swiftembed_requests_total{model="potion-base-8M",route="/embed",status="200"}' in text
     assert "swiftembed_request_latency_ms_bucket" in text and 'le="0.5"' in text
-    assert 'swiftembed_texts_total{route="/embed"}' in text
+    assert 'swiftembed_texts_total{model="potion-base-8M",route="/embed"}' in text
+    httpx.post(f"{url}/embed", json={"texts": ["sts"], "model": "swiftembed-potion-sts-8M"})
+    httpx.post(f"{url}/embed", json={"texts": ["x"], "model": "text-embedding-3-small"})
+    text = httpx.get(f"{url}/metrics").text
+    assert 'swiftembed_requests_total{model="swiftembed-potion-sts-8M",route="/embed",status="200"}' in text
+    assert 'swiftembed_requests_total{model="none",route="/embed",status="404"}' in text
+    assert "text-embedding-3-small" not in text  # a client's name never becomes a label value
 
 
 def test_body_that_stops_midway(url):
@@ -76,8 +86,10 @@ def test_auth(strict_url):
     from openai import AuthenticationError, OpenAI
 
     with pytest.raises(AuthenticationError):
-        OpenAI(base_url=f"{strict_url}/v1", api_key="wrong", max_retries=0).embeddings.create(model="m", input="a")
-    assert OpenAI(base_url=f"{strict_url}/v1", api_key="s3cret").embeddings.create(model="m", input="a").data
+        OpenAI(base_url=f"{strict_url}/v1", api_key="wrong", max_retries=0).embeddings.create(model="potion-base-8M",
+                                                                                             input="a")
+    client = OpenAI(base_url=f"{strict_url}/v1", api_key="s3cret")
+    assert client.embeddings.create(model="potion-base-8M", input="a").data
 
 
 def test_limits(strict_url):

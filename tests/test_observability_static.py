@@ -33,7 +33,15 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 
 ALERTS = {"SwiftEmbedHighP99Latency", "SwiftEmbedHighErrorRate", "SwiftEmbedNoHealthyReplica"}
 # Grafana variables and what to put in their place so that promtool can parse an expression.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$application": "swiftembed"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "1m",
+    "$__range": "1h",
+    "$application": "swiftembed",
+    "$model": ".*",  # the variable's All value
+}
+MODEL_FILTER = 'model=~"$model"'
+SELECTOR = re.compile(r"\b(ray_[A-Za-z0-9_]+)(\{[^}]*\})?")
 METRIC_NAME = re.compile(r"\bray_[A-Za-z0-9_]+")
 
 
@@ -76,6 +84,17 @@ def used_keys(text: str) -> set[str]:
 
 def dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text())
+
+
+def model_labelled_series() -> set[str]:
+    """Series of the catalogue metrics that carry a `model` label."""
+    return {series for entry in catalogue().values() if "model" in entry["labels"] for series in series_names(entry)}
+
+
+def unfiltered_by_model(expr: str) -> set[str]:
+    """Model-labelled metrics that `expr` selects without the dashboard's `model=~"$model"` matcher."""
+    labelled = model_labelled_series()
+    return {name for name, matchers in SELECTOR.findall(expr) if name in labelled and MODEL_FILTER not in matchers}
 
 
 def dashboard_panels() -> list[dict[str, Any]]:
@@ -252,6 +271,32 @@ def test_dashboard_latency_panels_show_p50_p95_p99_of_both_histograms():
             assert any(f"histogram_quantile({q}," in e and histogram in e for e in exprs), (histogram, q)
     heatmaps = [p for p in dashboard_panels() if p["type"] == "heatmap"]
     assert any("ray_swiftembed_batch_size_bucket" in t["expr"] for p in heatmaps for t in p["targets"])
+
+
+def test_dashboard_model_variable_filters_every_panel_over_model_labelled_metrics():
+    swiftembed = {series for series in known_series() if series.startswith("ray_swiftembed_")}
+    assert model_labelled_series() == swiftembed, "every SwiftEmbed metric, and only those, has the model label"
+    variables = dashboard()["templating"]["list"]
+    names = [v["name"] for v in variables]
+    assert "model" in names and names.index("model") == names.index("application") + 1, names
+    model = variables[names.index("model")]
+    assert model["type"] == "query" and model["multi"] and model["includeAll"], model
+    assert model["current"]["value"] == ["$__all"] and model["allValue"] == ".*", model
+    query = model["query"]["query"]
+    requests = r'ray_swiftembed_requests_total(\{application="\$application"\})?'
+    assert re.fullmatch(rf"label_values\({requests}, model\)", query), query
+    for where, expr in dashboard_exprs():
+        assert not unfiltered_by_model(expr), f"{where}: {sorted(unfiltered_by_model(expr))} not filtered by $model"
+    exprs = [expr for _, expr in dashboard_exprs()]
+    assert any("sum by (model) (rate(ray_swiftembed_requests_total{" in e for e in exprs), "no request rate by model"
+    assert any(
+        e.startswith("histogram_quantile(0.99, sum by (model, le)") and "ray_swiftembed_request_latency_ms_bucket" in e
+        for e in exprs
+    ), "no p99 latency by model"
+    # The check is not vacuous: a selector without the matcher, or with another one, is caught.
+    assert unfiltered_by_model('sum(rate(ray_swiftembed_texts_total{application="$application"}[1m]))')
+    assert unfiltered_by_model('sum(rate(ray_swiftembed_kernel_time_ms_bucket{model="x"}[1m]))')
+    assert not unfiltered_by_model('sum(rate(ray_serve_num_http_requests_total{application="$application"}[1m]))')
 
 
 def test_dashboard_exprs_parse(tmp_path):

@@ -43,11 +43,14 @@ RULES = DEPLOY / "alerts" / "rules.yaml"
 # max($__interval + scrape interval, 4 x scrape interval) with the data source's scrape interval, 15 s unless
 # configured: 1m. The window covers the whole traffic burst below, so every rate has data.
 APPLICATION = "swiftembed"  # the alert rules name this application; deploy/serve-cluster.yaml deploys it
+MODELS = ("potion-base-8M", "swiftembed-potion-sts-8M")  # build_app({}) serves both; traffic_round asks for each
 GRAFANA_VARIABLES = {
     "${datasource}": "prometheus",
     "$datasource": "prometheus",
     "${application}": APPLICATION,
     "$application": APPLICATION,
+    "${model}": ".*",  # the model variable's All value
+    "$model": ".*",
     "$__rate_interval": "1m",
     "$__interval": "15s",
     "$__range": "5m",
@@ -207,7 +210,7 @@ BAD = [
     ("/embed", b'{"texts": ["a"', {"Content-Type": "application/json"}, 400),
     ("/embed", b'{"text": "a"}', {"Content-Type": "application/json"}, 422),
     ("/embed", b'{"texts": ["a"]}', {"Content-Type": "text/plain"}, 415),
-    ("/v1/embeddings", b'{"model": "m"}', {"Content-Type": "application/json"}, 422),
+    ("/v1/embeddings", b'{"model": "potion-base-8M"}', {"Content-Type": "application/json"}, 422),
 ]
 
 
@@ -223,7 +226,7 @@ async def traffic_round(url: str, n: int) -> list[tuple[str, int, int]]:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         jobs = [post(client, "/embed", 200, json={"texts": [f"round {n} text {i}", "a dog runs"]}) for i in range(16)]
         jobs += [
-            post(client, "/v1/embeddings", 200, json={"model": "potion-base-8M", "input": [f"openai {n} {i}"]})
+            post(client, "/v1/embeddings", 200, json={"model": MODELS[i % 2], "input": [f"openai {n} {i}"]})
             for i in range(8)
         ]
         lines = b"".join(b'{"text": "jsonl line %d %d"}\n' % (n, i) for i in range(5))
@@ -318,6 +321,25 @@ def test_dashboard_application_variable_lists_the_application(prometheus, traffi
     metric, label = match.groups()
     values = prometheus.api(f"label/{label}/values", **{"match[]": metric})
     assert values["status"] == "success" and APPLICATION in values["data"], values
+
+
+def test_dashboard_model_variable_lists_the_served_models(prometheus, traffic):
+    """The `model` variable's label_values query (application filled in) lists the served models by short name."""
+    variable = next(v for v in dashboard()["templating"]["list"] if v["name"] == "model")
+    query = substitute(variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"])
+    match = re.fullmatch(r"label_values\(\s*(.+?)\s*,\s*(\w+)\s*\)", query)
+    assert match, query
+    metric, label = match.groups()
+    values: list[str] = []
+
+    def missing() -> list[str]:
+        result = prometheus.api(f"label/{label}/values", **{"match[]": metric})
+        assert result["status"] == "success", result
+        values[:] = result["data"]
+        return [f"{model} not in {values}" for model in MODELS if model not in values]
+
+    assert not poll(missing), values
+    assert all(value and "/" not in value for value in values), f"not short model names: {values}"
 
 
 def test_every_catalogue_metric_and_label_is_exported(prometheus, traffic):

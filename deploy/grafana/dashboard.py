@@ -25,6 +25,7 @@ UID = "swiftembed"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
 APP = 'application="$application"'
+MODEL = 'model=~"$model"'  # the SwiftEmbed (sw_*) metrics only; Serve and Ray metrics have no model label
 USER_ROUTES = 'route!~"/-/.*"'  # leave out Serve's own /-/healthz and /-/routes
 OBJECT_STORE = 'Name="object_store_memory"'  # ray_resources: the object-store capacity
 GRID_WIDTH = 24
@@ -167,12 +168,30 @@ ROWS: list[Row] = [
         ],
     ),
     Row(
+        "Models",
+        [
+            Panel(
+                "Requests/s by model",
+                "Requests handled by SwiftEmbed replicas per served model (none: requests that resolved no "
+                "model, such as /health, 401s and 404s).",
+                [Target(rate("sw_requests", APP, MODEL, by="model"), "{{model}}")],
+                unit="reqps",
+            ),
+            Panel(
+                "SwiftEmbed p99 latency by model",
+                "99th percentile of the SwiftEmbed handler latency per served model.",
+                [Target(quantile(0.99, "sw_latency", APP, MODEL, by="model"), "{{model}}")],
+                unit="ms",
+            ),
+        ],
+    ),
+    Row(
         "Traffic",
         [
             Panel(
                 "Requests/s by route and status",
                 "Requests handled by SwiftEmbed replicas, by request path and HTTP status.",
-                [Target(rate("sw_requests", APP, by="route, status"), "{{route}} {{status}}")],
+                [Target(rate("sw_requests", APP, MODEL, by="route, status"), "{{route}} {{status}}")],
                 unit="reqps",
             ),
             Panel(
@@ -188,7 +207,7 @@ ROWS: list[Row] = [
                     Target(share("http_requests", "status_code", "5..", APP, USER_ROUTES), "5xx (proxy)"),
                     Target(share("http_requests", "status_code", "4..", APP, USER_ROUTES), "4xx (proxy)"),
                     Target(
-                        f"1 - ({share('sw_requests', 'status', '2..', APP)})",
+                        f"1 - ({share('sw_requests', 'status', '2..', APP, MODEL)})",
                         "non-2xx (replicas)",
                     ),
                 ],
@@ -209,14 +228,14 @@ ROWS: list[Row] = [
                 "Texts/s and tokens/s",
                 "Throughput of the embedding kernel: texts embedded and tokens looked up per second.",
                 [
-                    Target(rate("sw_texts", APP), "texts/s"),
-                    Target(rate("sw_tokens", APP), "tokens/s"),
+                    Target(rate("sw_texts", APP, MODEL), "texts/s"),
+                    Target(rate("sw_tokens", APP, MODEL), "tokens/s"),
                 ],
             ),
             Panel(
                 "Mean tokens per text",
                 "Tokens per embedded text, from the two counters (histogram sums are approximate in Ray).",
-                [Target(f"{rate('sw_tokens', APP)} / {rate('sw_texts', APP)}", "tokens per text")],
+                [Target(f"{rate('sw_tokens', APP, MODEL)} / {rate('sw_texts', APP, MODEL)}", "tokens per text")],
             ),
         ],
     ),
@@ -239,13 +258,13 @@ ROWS: list[Row] = [
             Panel(
                 "SwiftEmbed handler latency",
                 "The SwiftEmbed histogram, with sub-millisecond buckets: handler time inside the replica.",
-                quantiles("sw_latency", APP),
+                quantiles("sw_latency", APP, MODEL),
                 unit="ms",
             ),
             Panel(
                 "SwiftEmbed p99 latency by route",
                 "99th percentile of the SwiftEmbed handler latency per request path.",
-                [Target(quantile(0.99, "sw_latency", APP, by="route"), "{{route}}")],
+                [Target(quantile(0.99, "sw_latency", APP, MODEL, by="route"), "{{route}}")],
                 unit="ms",
             ),
         ],
@@ -259,7 +278,9 @@ ROWS: list[Row] = [
                 "does max_ongoing_requests). Counts per bucket over the rate interval.",
                 [
                     Target(
-                        f"sum by (le) (increase({sel('sw_batch_size', APP, suffix='_bucket')}[{RATE}]))", "{{le}}", True
+                        f"sum by (le) (increase({sel('sw_batch_size', APP, MODEL, suffix='_bucket')}[{RATE}]))",
+                        "{{le}}",
+                        True,
                     )
                 ],
                 kind="heatmap",
@@ -269,14 +290,14 @@ ROWS: list[Row] = [
                 "Batch size",
                 "Percentiles of the texts and of the requests in each kernel call. Requests per call near 1 "
                 "under load means batching does not happen (see batch_wait_timeout_s).",
-                quantiles("sw_batch_size", APP, legend="texts ")
-                + quantiles("sw_batch_requests", APP, legend="requests ", qs=(0.5, 0.99)),
+                quantiles("sw_batch_size", APP, MODEL, legend="texts ")
+                + quantiles("sw_batch_requests", APP, MODEL, legend="requests ", qs=(0.5, 0.99)),
                 width=8,
             ),
             Panel(
                 "Kernel time per batch",
                 "Time the embedding kernel took per batch.",
-                quantiles("sw_kernel_time", APP),
+                quantiles("sw_kernel_time", APP, MODEL),
                 unit="ms",
                 width=8,
             ),
@@ -431,6 +452,7 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
 
 def _templating() -> dict[str, Any]:
     app_query = f"label_values({sel('replica_healthy')}, application)"
+    model_query = f"label_values({sel('sw_requests', APP)}, model)"
     return {
         "list": [
             {
@@ -458,6 +480,25 @@ def _templating() -> dict[str, Any]:
                 "name": "application",
                 "options": [],
                 "query": {"query": app_query, "refId": "application"},
+                "refresh": 2,
+                "regex": "",
+                "sort": 1,
+                "type": "query",
+            },
+            {
+                "allValue": ".*",  # All = no filter, also for models first seen after the list was loaded
+                "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+                "datasource": DATASOURCE,
+                "definition": model_query,
+                "description": "Served models (short names; none = requests that resolved no model). Filters "
+                "the SwiftEmbed panels; the Serve and Ray panels cover all models.",
+                "hide": 0,
+                "includeAll": True,
+                "label": "Model",
+                "multi": True,
+                "name": "model",
+                "options": [],
+                "query": {"query": model_query, "refId": "model"},
                 "refresh": 2,
                 "regex": "",
                 "sort": 1,
@@ -508,8 +549,8 @@ def build() -> dict[str, Any]:
                 }
             ]
         },
-        "description": "SwiftEmbed on Ray Serve: traffic, errors, latency, batching, queues, replicas, object "
-        "store. Generated by deploy/grafana/dashboard.py from deploy/grafana/metrics.yaml: do not edit by hand.",
+        "description": "SwiftEmbed on Ray Serve: models, traffic, errors, latency, batching, queues, replicas, "
+        "object store. Generated by deploy/grafana/dashboard.py from deploy/grafana/metrics.yaml: do not edit by hand.",
         "editable": True,
         "fiscalYearStartMonth": 0,
         "graphTooltip": 1,
