@@ -13,7 +13,7 @@ on it die at once). Measured: failed attempts by kind and when they happen, the 
 answers, when the cluster marks the node dead, and when Serve runs two healthy replicas again (on the head).
 Prints one JSON document; exit status 0 when nothing was lost and Serve recovered.
 
-tests/test_faults.py runs this when SWIFTEMBED_SLOW=1 and uses `RetryingLoad` for its replica-kill test;
+tests/test_faults.py runs this (in CI too) and uses `RetryingLoad` for its replica-kill test;
 docs/reliability.md records the figures.
 """
 

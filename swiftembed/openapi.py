@@ -24,7 +24,8 @@ def _json(schema: Schema) -> Schema:
 
 def _errors(*statuses: int) -> dict[str, Schema]:
     text = {400: "Malformed JSON or body", 401: "Missing or wrong API key", 413: "Body or text count over the limit",
-            404: "Unknown model (code model_not_found)", 415: "Wrong Content-Type", 422: "Validation error",
+            404: "Unknown model (code model_not_found)", 408: "The request body stopped arriving",
+            415: "Wrong Content-Type", 422: "Validation error",
             503: "Overloaded"}
     return {str(s): {"description": text[s], **_json(_ref("Error"))} for s in statuses}
 
@@ -56,7 +57,7 @@ def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
     flag = {"type": ["boolean", "null"]}
     name = {"type": ["string", "null"]}
     vector = {"type": "array", "items": {"type": "number"}}
-    post_errors = _errors(400, 401, 404, 413, 415, 422, 503)
+    post_errors = _errors(400, 401, 404, 408, 413, 415, 422, 503)
 
     def dimensions(dim: int) -> Schema:
         # Optional fields may be null (the app reads null as absent); JSON Schema's integer admits 2.0, so does the app.

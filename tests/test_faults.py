@@ -5,7 +5,7 @@
 - The table's owner actor killed: serving goes on. That is tests/test_serve.py::
   test_four_replicas_share_one_table_and_survive_owner_death (not repeated here).
 - A two-node cluster (`ray.cluster_utils.Cluster`) whose worker node is removed under load: needs its own Ray, so
-  loadtest/node_fault.py runs it in a subprocess; slow (about a minute), so only with SWIFTEMBED_SLOW=1.
+  loadtest/node_fault.py runs it in a subprocess (about 45 s).
 
 Figures are printed (run with -s) and recorded in docs/reliability.md.
 """
@@ -74,9 +74,11 @@ def test_replica_killed_under_load(ray_serve, embedder):
         figures.update({"replicas_running_again_s": None if running_again is None else round(running_again, 2),
                         "replica_states_after_kill": states_seen, "replicas_after_new": len(after - before)})
         print(f"\nFIGURES replica kill: {json.dumps(figures)}")
-        assert running_again is not None and running_again < 30, figures  # Serve replaced it
+        # Serve noticed (health checks every second) and replaced it within 5 s; retrying clients lost nothing.
+        assert running_again is not None and running_again <= 5.0, figures
         assert victim not in after and len(after) == 2 and len(after - before) == 1, figures
         assert figures["lost"] == 0 and figures["wrong_vectors"] == 0, figures  # retrying clients lose nothing
+        assert figures["failed_with_one_retry"] == 0, figures  # nor do clients that retry once (the openai way)
         assert figures["answers_after_fault"] > 50, figures  # and were served throughout
         # Failed attempts are few, all 5xx or broken connections, and only around the kill.
         assert figures["failed_attempts"] <= max(30, figures["attempts"] // 20), figures
@@ -88,7 +90,6 @@ def test_replica_killed_under_load(ray_serve, embedder):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("SWIFTEMBED_SLOW") != "1", reason="two-node cluster run: set SWIFTEMBED_SLOW=1")
 def test_worker_node_removed_under_load(tmp_path):
     out = tmp_path / "node_fault.json"
     done = subprocess.run([sys.executable, str(ROOT / "loadtest" / "node_fault.py"), "--json", str(out)],
@@ -99,6 +100,7 @@ def test_worker_node_removed_under_load(tmp_path):
     assert done.returncode == 0, (figures, done.stderr[-3000:])
     assert figures["replicas_before"] == ["head", "worker"], figures
     assert figures["lost"] == 0 and figures["wrong_vectors"] == 0, figures
+    assert figures["failed_with_one_retry"] == 0, figures
     assert figures["replicas_running_again_s"] is not None and figures["node_marked_dead_s"] is not None, figures
     assert figures["answers_after_fault"] > 100, figures
     assert figures["longest_pause_between_answers_s"] < 30, figures
