@@ -1,7 +1,9 @@
 """Write docs/benchmarks.md from a run's JSON: every figure in that file comes from here, none is typed by hand.
 
     .venv/bin/python benchmarks/bench_paths.py --duration 4 --rounds 3 --json benchmarks/results/paths.json
+    .venv/bin/python benchmarks/bench_chunks.py --json benchmarks/results/chunks.json
     .venv/bin/python benchmarks/report.py benchmarks/results/paths.json [--before benchmarks/results/before.json]
+        [--chunks benchmarks/results/chunks.json]
 
 `--before` adds a before/after table against a run of the previous code on the same machine and day (for a
 change that must not slow the request path down).
@@ -132,7 +134,27 @@ def before_after(run: dict, before: dict) -> list[str]:
     return lines
 
 
-def render(run: dict, source: str, before: dict | None = None, before_source: str = "") -> str:
+def chunks_section(chunks: dict, source: str) -> list[str]:
+    """Long documents: /embed/chunks beside cutting on the client and posting the chunk texts to /embed."""
+    lines = ["", "## Long documents: one pass vs cutting on the client", "",
+             f"Generated from `{source}`: run {chunks['date']} on commit `{chunks['commit']}`; machine: "
+             f"{chunks['machine']}. Command: `{' '.join(chunks['command'])}`. Chunks of {chunks['chunk_tokens']} "
+             f"tokens overlapping by {chunks['overlap_tokens']}. `one-pass` is `POST /embed/chunks` with the "
+             "document; `client-side` posts the same chunks' texts to `/embed` in one request (cut before the run, "
+             "so the client's own cutting is not counted). Both answer the same vectors; the ratio is the median of "
+             "per-round one-pass / client-side req/s.", "",
+             "| path | document tokens | c | way | chunks | req/s | chunks/s | p50 ms | one-pass vs client-side |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for name, r in chunks["results"].items():
+        path, size, c, way = (part.strip() for part in name.split("|"))
+        ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
+        lines.append(f"| {path} | {int(size):,} | {c[1:]} | {way} | {r['chunks']:,} | {r['rps']:,.1f} | "
+                     f"{r['chunks_per_s']:,.0f} | {r['p50_ms']:.2f} | {ratio} |")
+    return lines
+
+
+def render(run: dict, source: str, before: dict | None = None, before_source: str = "", chunks: dict | None = None,
+           chunks_source: str = "") -> str:
     results = run["results"]
     lines = [INTRO.format(source=f"`{source}`", date=run["date"], commit=run["commit"], machine=run["machine"],
                           command=" ".join(run["command"]))]
@@ -164,6 +186,8 @@ def render(run: dict, source: str, before: dict | None = None, before_source: st
                   f"{before['machine']}; `{' '.join(before['command'])}`), the code before the run above. "
                   "Machine drift between two runs is taken out by comparing each route's share of its no-op and its "
                   "multiple of the FastAPI baseline, both measured in its own run.", "", *before_after(run, before)]
+    if chunks is not None:
+        lines += chunks_section(chunks, chunks_source)
     return "\n".join(lines) + "\n"
 
 
@@ -175,11 +199,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths_json", type=Path)
     parser.add_argument("--before", type=Path, help="a run of the previous code, for a before/after table")
+    parser.add_argument("--chunks", type=Path, help="a bench_chunks.py run, for the long-document table")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     run = json.loads(args.paths_json.read_text())
     before = json.loads(args.before.read_text()) if args.before else None
-    text = render(run, _relative(args.paths_json), before, _relative(args.before) if args.before else "")
+    chunks = json.loads(args.chunks.read_text()) if args.chunks else None
+    text = render(run, _relative(args.paths_json), before, _relative(args.before) if args.before else "", chunks,
+                  _relative(args.chunks) if args.chunks else "")
     args.out.write_text(text)
     print(f"wrote {args.out}")
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Embedder", "ModelError", "StaticModel", "load_model", "__version__"]
+__all__ = ["Chunk", "Embedder", "ModelError", "StaticModel", "load_model", "__version__"]
 
 if TYPE_CHECKING:
+    from swiftembed.chunking import Chunk
     from swiftembed.embedder import Embedder
     from swiftembed.model import ModelError, StaticModel, load_model
 
@@ -18,6 +19,10 @@ def __getattr__(name: str) -> Any:
         from swiftembed.embedder import Embedder
 
         return Embedder
+    if name == "Chunk":
+        from swiftembed.chunking import Chunk
+
+        return Chunk
     if name in ("ModelError", "StaticModel", "load_model"):
         from swiftembed import model
 

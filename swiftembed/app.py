@@ -58,6 +58,7 @@ class EmbeddingApi:
             "/v1/embeddings": {"POST": self.openai_embeddings},
             "/embed": {"POST": self.embed},
             "/embed/jsonl": {"POST": self.embed_jsonl},
+            "/embed/chunks": {"POST": self.embed_chunks},
             "/similarity": {"POST": self.similarity},
             "/tokenize": {"POST": self.tokenize},
             "/v1/models": {"GET": self.list_models},
@@ -178,6 +179,23 @@ class EmbeddingApi:
         stream.texts += len(pending)
         stream.tokens += sum(pooled.tokens)
         return wire.jsonl_lines([i for i, _ in pending], vectors)
+
+    async def embed_chunks(self, scope: Scope, receive: Receive) -> Answer:
+        """Long documents cut into overlapping chunks of whole words, every chunk's vector from one pass over its
+        document: chunk i's vector is what /embed gives for `text[start:end]`."""
+        body = await self.read_json(scope, receive)
+        served = self.model(body.get("model"))
+        embedder = served.embedder
+        req = wire.parse_chunks(body, self.settings, embedder.dim, embedder.max_tokens)
+        chunked = await self.backend.chunk(req.texts, req.chunk_tokens, req.overlap_tokens, served)
+        counts = [n for text in chunked for n in text.counts]
+        sums = np.concatenate([text.sums for text in chunked])
+        vectors = embedder.finish(sums, tokens=counts, normalize=req.options.normalize,
+                                  dimensions=req.options.dimensions, inplace=True)
+        tokens = sum(counts)
+        answer = wire.chunks_body([text.spans for text in chunked], vectors, served.model_id, tokens,
+                                  req.encoding_format)
+        return Answer(answer, texts=len(counts), tokens=tokens, model=served.name)
 
     async def similarity(self, scope: Scope, receive: Receive) -> Answer:
         body = await self.read_json(scope, receive)

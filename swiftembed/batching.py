@@ -21,6 +21,7 @@ import anyio
 import numpy as np
 
 from swiftembed.catalog import Served
+from swiftembed.chunking import ChunkedText, chunk_sums
 from swiftembed.pooling import normalize as normalize_rows
 
 
@@ -40,6 +41,9 @@ class Backend(Protocol):
 
     async def pool(self, texts: list[str], model: Served) -> Pooled: ...
 
+    async def chunk(self, texts: list[str], chunk_tokens: int, overlap_tokens: int, model: Served) -> list[ChunkedText]:
+        ...
+
 
 log = logging.getLogger("swiftembed")
 
@@ -58,11 +62,13 @@ class Batcher:
         max_batch_size: int = 64,
         wait_s: float = 0.0,
         offload_from: int = 1024,
+        offload_chars: int = 100_000,
         batch_below: int = 16,
         probe_every: int = 64,
         observe: BatchObserver | None = None,
     ) -> None:
         self.offload_from = offload_from
+        self.offload_chars = offload_chars  # documents to chunk: from this many characters, in a worker thread
         self.batch_below = batch_below  # requests with more texts are pooled on their own
         self.probe_every = probe_every
         self.observe = observe
@@ -100,6 +106,13 @@ class Batcher:
         if self._waiting >= self.max_batch_size:
             self._flush()
         return await future
+
+    async def chunk(self, texts: list[str], chunk_tokens: int, overlap_tokens: int, model: Served) -> list[ChunkedText]:
+        """Each document's chunk sums from one pass over it (swiftembed/chunking.py). Not batched across requests:
+        a document is a batch of its own; long ones go to a worker thread so the event loop keeps serving."""
+        if sum(map(len, texts)) >= self.offload_chars:
+            return await anyio.to_thread.run_sync(chunk_sums, model.embedder, texts, chunk_tokens, overlap_tokens)
+        return chunk_sums(model.embedder, texts, chunk_tokens, overlap_tokens)
 
     def pool_now(self, texts: list[str], model: Served) -> Pooled:
         start = time.perf_counter()

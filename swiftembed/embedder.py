@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from swiftembed.model import StaticModel, load_model
 from swiftembed.pooling import DENSE_BELOW, PRECISIONS, Precision, finish, mean_pool, pool_lists
 from swiftembed.tokenizer import TextTokenizer, TokenBatch
+
+if TYPE_CHECKING:
+    from swiftembed.chunking import Chunk
 
 # Texts per kernel call inside `encode`: bounds the temporary memory of very large inputs.
 CHUNK_TEXTS = 8192
@@ -153,6 +157,27 @@ class Embedder:
     def encode_one(self, text: str, **options: object) -> np.ndarray:
         """One text's vector, 1-D."""
         return self.encode([text], **options)[0]  # type: ignore[arg-type]
+
+    def chunk(
+        self,
+        texts: str | Sequence[str],
+        chunk_tokens: int,
+        overlap_tokens: int = 0,
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        precision: Precision = "float32",
+    ) -> list[list[Chunk]] | list[Chunk]:
+        """Each text cut into chunks of whole words, at most `chunk_tokens` tokens each, consecutive chunks
+        overlapping by at most `overlap_tokens`: `Chunk(start, end, embedding)` lists (a single string: its list).
+
+        A chunk's embedding is `encode(text[start:end])` with the same options; see `swiftembed.chunking`.
+        """
+        from swiftembed.chunking import chunk_texts
+
+        return chunk_texts(
+            self, texts, chunk_tokens, overlap_tokens, normalize=normalize, dimensions=dimensions, precision=precision
+        )
 
     def finish(
         self,

@@ -109,6 +109,24 @@ def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
             ]
         }
 
+    def chunks_request(dim: int, vocab: int, model: Schema) -> Schema:
+        document = {"type": "string", "maxLength": settings.max_document_chars}
+        return {
+            "type": "object",
+            "required": ["texts", "chunk_tokens"],
+            "properties": {
+                "texts": {"type": "array", "items": document, "minItems": 1, "maxItems": settings.max_texts},
+                "chunk_tokens": {"type": "integer", "minimum": 1, "maximum": max_tokens},
+                "overlap_tokens": {"type": "integer", "minimum": 0, "maximum": max_tokens - 1,
+                                   "description": "less than chunk_tokens"},
+                "normalize": flag,
+                "dimensions": dimensions(dim),
+                "model": model,
+                "encoding_format": {"type": ["string", "null"], "enum": ["float", "base64", None]},
+            },
+        }
+
+    max_tokens = min(m.embedder.max_tokens or 1_000_000 for m in catalog)
     schemas: dict[str, Schema] = {
         "Error": {
             "type": "object",
@@ -173,6 +191,24 @@ def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
                 },
                 {"type": "array", "items": vector, "description": "TEI-shaped requests get a bare list of vectors"},
             ]
+        },
+        "ChunksRequest": by_model(chunks_request),
+        "ChunksResponse": {
+            "type": "object",
+            "required": ["chunks", "model", "tokens"],
+            "properties": {
+                "chunks": {"type": "array", "items": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["start", "end", "embedding"],
+                    "properties": {
+                        "start": {"type": "integer"},
+                        "end": {"type": "integer"},
+                        "embedding": {"oneOf": [vector, {"type": "string", "contentEncoding": "base64"}]},
+                    },
+                }}},
+                "model": {"type": "string"},
+                "tokens": {"type": "integer"},
+            },
         },
         "SimilarityRequest": {
             "oneOf": [
@@ -318,6 +354,13 @@ def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
                 },
             }
         },
+        "/embed/chunks": post(
+            "Long documents as overlapping chunks of whole words, every chunk's vector from one pass",
+            "ChunksRequest",
+            "ChunksResponse",
+            "Chunk `{start, end}` of `texts[i]` has the vector /embed gives for `texts[i][start:end]`. A word longer "
+            "than `chunk_tokens` tokens is a chunk of its own; a text with no known token has no chunk.",
+        ),
         "/similarity": post("Cosine similarity: one text against many, or pairs", "SimilarityRequest",
                             "SimilarityResponse"),
         "/tokenize": post("Token ids and strings that each text is pooled from", "TokenizeRequest", "TokenizeResponse"),

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import time
 from collections import deque
 from typing import Any
 
+import anyio
 import numpy as np
 import ray
 from ray import serve
@@ -29,6 +31,7 @@ from ray.serve.metrics import Counter, Histogram
 from swiftembed.app import EmbeddingApi
 from swiftembed.batching import Batcher, Pooled
 from swiftembed.catalog import Catalog
+from swiftembed.chunking import Chunk
 from swiftembed.ingress import choose_ingress, serve_environment
 from swiftembed.metrics import BATCH_BUCKETS, KERNEL_BUCKETS_MS, LATENCY_BUCKETS_MS
 from swiftembed.pooling import Precision
@@ -230,6 +233,30 @@ class SwiftEmbedDeployment:
             pooled.sums, tokens=pooled.tokens, normalize=normalize, dimensions=dimensions, precision=precision
         )
         return vectors[0] if single else vectors
+
+    async def chunk(
+        self,
+        texts: str | list[str],
+        chunk_tokens: int,
+        overlap_tokens: int = 0,
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        precision: Precision = "float32",
+    ) -> list[list[Chunk]] | list[Chunk]:
+        """Each document's chunks, `Chunk(start, end, embedding)`, as `Embedder.chunk` gives them (one string: its
+        list), from one pass over each document."""
+        embedder = self.catalog.get(model).embedder
+        call = functools.partial(embedder.chunk, texts, chunk_tokens, overlap_tokens, normalize=normalize,
+                                 dimensions=dimensions, precision=precision)
+        self.api.load.enter()
+        try:
+            if sum(map(len, [texts] if isinstance(texts, str) else texts)) >= self.batcher.offload_chars:
+                return await anyio.to_thread.run_sync(call)  # long documents: the event loop keeps serving
+            return call()
+        finally:
+            self.api.load.exit()
 
     async def similarity(self, a: str | list[str], b: str | list[str], *, model: str | None = None) -> np.ndarray:
         """Cosine similarity matrix between the texts of `a` and of `b`."""

@@ -20,6 +20,8 @@ class Settings:
         changes a vector unless `max_chars` is set below that (about 3,000 for potion-base-8M).
     max_body_bytes: request body of the JSON routes; 413 beyond it.
     max_jsonl_bytes / max_jsonl_lines: the streamed /embed/jsonl route.
+    max_document_chars: characters per document on /embed/chunks (413 beyond); chunking reads a whole document,
+        so `max_chars` does not apply there (the body limit still does).
     api_key: when set, every route but /health and /metrics needs `Authorization: Bearer <key>`. From the
         environment (SWIFTEMBED_API_KEY) or a file (SWIFTEMBED_API_KEY_FILE, `--api-key-file`; e.g. a mounted
         Kubernetes Secret), never from the command line, where every user of the machine can read it.
@@ -36,6 +38,7 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     max_jsonl_bytes: int = 256 * 1024 * 1024
     max_jsonl_lines: int = 1_000_000
+    max_document_chars: int = 4_000_000
     api_key: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
     max_concurrency: int = 256
@@ -43,7 +46,8 @@ class Settings:
     body_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        limits = ("max_texts", "max_chars", "max_body_bytes", "max_jsonl_bytes", "max_jsonl_lines", "max_concurrency")
+        limits = ("max_texts", "max_chars", "max_body_bytes", "max_jsonl_bytes", "max_jsonl_lines", "max_concurrency",
+                  "max_document_chars")
         for name in limits:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
@@ -84,6 +88,7 @@ class Settings:
             "max_body_bytes": self.max_body_bytes,
             "max_jsonl_bytes": self.max_jsonl_bytes,
             "max_jsonl_lines": self.max_jsonl_lines,
+            "max_document_chars": self.max_document_chars,
             "body_chunk_timeout_s": self.body_chunk_timeout_s,
             "body_timeout_s": self.body_timeout_s,
             "auth": self.api_key is not None,

@@ -202,6 +202,53 @@ def parse_embed(obj: dict[str, Any], settings: Settings, dim: int) -> tuple[Embe
     return EmbedRequest(texts, None, options), "openai"
 
 
+class ChunkRequest(NamedTuple):
+    """Documents to cut into chunks of `chunk_tokens` tokens overlapping by `overlap_tokens`, with how to answer."""
+
+    texts: list[str]
+    chunk_tokens: int
+    overlap_tokens: int
+    options: Options
+    encoding_format: str
+
+
+def parse_chunks(obj: dict[str, Any], settings: Settings, dim: int, max_tokens: int | None) -> ChunkRequest:
+    """POST /embed/chunks: `{"texts": [...], "chunk_tokens": N, "overlap_tokens": M, ...}`. Documents are limited
+    by `max_document_chars` (413 beyond), not by `max_chars`: chunking reads the whole text."""
+    texts = obj.get("texts")
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise invalid("'texts' must be a non-empty list of strings", "texts")
+    if len(texts) > settings.max_texts:
+        raise ApiError(413, f"'texts' has {len(texts)} texts; the limit is {settings.max_texts} per request",
+                       param="texts", code="too_many_texts")
+    for i, t in enumerate(texts):
+        if len(t) > settings.max_document_chars:
+            raise ApiError(413, f"'texts[{i}]' has {len(t)} characters; the limit is {settings.max_document_chars}",
+                           param="texts", code="document_too_long")
+    size = _integer(obj.get("chunk_tokens"))
+    limit = max_tokens or 1_000_000
+    if size is None or not 1 <= size <= limit:
+        raise invalid(f"'chunk_tokens' must be an integer from 1 to {limit}", "chunk_tokens")
+    overlap = _integer(obj.get("overlap_tokens", 0))
+    if overlap is None or not 0 <= overlap < size:
+        raise invalid("'overlap_tokens' must be an integer from 0 to chunk_tokens - 1", "overlap_tokens")
+    encoding_format = obj.get("encoding_format") or "float"
+    if encoding_format not in ("float", "base64"):
+        raise invalid("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+    options = Options(normalize=_flag(obj.get("normalize"), "normalize"),
+                      dimensions=_dimensions(obj.get("dimensions"), dim))
+    return ChunkRequest(texts, size, overlap, options, encoding_format)
+
+
+def chunks_body(spans: Sequence[Sequence[tuple[int, int]]], vectors: np.ndarray, model: str, tokens: int,
+                encoding_format: str) -> bytes:
+    """`{"chunks": [[{"start", "end", "embedding"}, ...] per text], "model", "tokens"}`; rows in text order."""
+    rows = (base64.b64encode(_le_f32(row)).decode("ascii") for row in vectors) if encoding_format == "base64" \
+        else iter(vectors)
+    chunks = [[{"start": start, "end": end, "embedding": next(rows)} for start, end in text] for text in spans]
+    return json_bytes({"chunks": chunks, "model": model, "tokens": tokens})
+
+
 def parse_similarity(obj: dict[str, Any], settings: Settings) -> tuple[list[str], list[str], bool]:
     """`{"source": str, "targets": [str]}` (one against many) or `{"pairs": [[a, b], ...]}`.
 

@@ -98,7 +98,8 @@ def check_service_routes(url: str, embedder) -> None:
         assert info["model"] == embedder.model_id and info["checksum"] == embedder.checksum
         assert info["dimension"] == 256 and info["max_tokens"] == 512 and info["limits"]["max_texts"] >= 1
         spec = http.get("/openapi.json").json()
-        assert set(spec["paths"]) == {"/v1/embeddings", "/embed", "/embed/jsonl", "/similarity", "/tokenize",
+        assert set(spec["paths"]) == {"/v1/embeddings", "/embed", "/embed/jsonl", "/embed/chunks", "/similarity",
+                                      "/tokenize",
                                       "/health", "/info", "/metrics", "/openapi.json", "/v1/models",
                                       "/v1/models/{model}"}
 
@@ -165,6 +166,15 @@ BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("similarity unknown model", "/similarity", b'{"source": "a", "targets": ["b"], "model": "nope"}', {}, 404),
     ("tokenize unknown model", "/tokenize", b'{"texts": ["a"], "model": "nope"}', {}, 404),
     ("embed model not a string", "/embed", b'{"texts": ["a"], "model": 5}', {}, 422),
+    # Chunks (issue 19): sizes that cannot work are 422.
+    ("chunks overlap not below size", "/embed/chunks", b'{"texts": ["a b"], "chunk_tokens": 4, "overlap_tokens": 4}',
+     {}, 422),
+    ("chunks size zero", "/embed/chunks", b'{"texts": ["a b"], "chunk_tokens": 0}', {}, 422),
+    ("chunks size over max_tokens", "/embed/chunks", b'{"texts": ["a b"], "chunk_tokens": 513}', {}, 422),
+    ("chunks negative overlap", "/embed/chunks", b'{"texts": ["a"], "chunk_tokens": 4, "overlap_tokens": -1}', {}, 422),
+    ("chunks missing size", "/embed/chunks", b'{"texts": ["a"]}', {}, 422),
+    ("chunks texts a string", "/embed/chunks", b'{"texts": "a", "chunk_tokens": 4}', {}, 422),
+    ("chunks unknown model", "/embed/chunks", b'{"texts": ["a"], "chunk_tokens": 4, "model": "nope"}', {}, 404),
 ]
 
 
@@ -237,6 +247,29 @@ def check_models(url: str, embedders: dict, default: str = "potion-base-8M") -> 
         raise AssertionError("an unknown model must be refused")
     except NotFoundError as exc:
         assert exc.status_code == 404 and exc.code == "model_not_found"
+
+
+def check_chunks(url: str, embedders: dict, document: str) -> None:
+    """/embed/chunks on a long document, for every served model: each chunk's vector is what the library's encode
+    gives for `document[start:end]` (and what Embedder.chunk gives); base64 answers decode to the same."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for name, embedder in embedders.items():
+            body = {"texts": [document, "", "one"], "chunk_tokens": 48, "overlap_tokens": 12, "model": name}
+            r = http.post("/embed/chunks", json=body)
+            assert r.status_code == 200, r.text[:300]
+            answer = r.json()
+            assert answer["model"] == embedder.model_id and int(r.headers["x-token-count"]) == answer["tokens"]
+            long, empty, one = answer["chunks"]
+            assert len(long) > 5 and empty == [] and [(c["start"], c["end"]) for c in one] == [(0, 3)]
+            texts = [document[c["start"] : c["end"]] for c in long]
+            np.testing.assert_allclose([c["embedding"] for c in long], embedder.encode(texts), atol=ATOL)
+            library = embedder.chunk(document, 48, 12)
+            assert [(c.start, c.end) for c in library] == [(c["start"], c["end"]) for c in long]
+            starts = [c["start"] for c in long]
+            assert starts == sorted(starts) and long[-1]["end"] == len(document.rstrip())
+            b64 = http.post("/embed/chunks", json={**body, "encoding_format": "base64", "dimensions": 32}).json()
+            got = [decode_base64(c["embedding"]) for c in b64["chunks"][0]]
+            np.testing.assert_allclose(got, embedder.encode(texts, dimensions=32), atol=ATOL)
 
 
 def decode_base64(value: str) -> np.ndarray:

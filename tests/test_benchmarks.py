@@ -45,10 +45,11 @@ def test_benchmarks_doc_is_generated_from_the_committed_run():
     run = ROOT / "benchmarks" / "results" / "paths.json"
     data = json.loads(run.read_text())
     assert {"commit", "date", "machine", "command", "results"} <= set(data)
-    before = ROOT / "benchmarks" / "results" / "before.json"
-    if before.exists():
-        expected = render(data, "benchmarks/results/paths.json", json.loads(before.read_text()),
-                          "benchmarks/results/before.json")
-    else:
-        expected = render(data, "benchmarks/results/paths.json")
+    results = ROOT / "benchmarks" / "results"
+    before, chunks = results / "before.json", results / "chunks.json"
+    expected = render(
+        data, "benchmarks/results/paths.json",
+        json.loads(before.read_text()) if before.exists() else None, "benchmarks/results/before.json",
+        json.loads(chunks.read_text()) if chunks.exists() else None, "benchmarks/results/chunks.json",
+    )
     assert (ROOT / "docs" / "benchmarks.md").read_text() == expected, "run benchmarks/report.py"

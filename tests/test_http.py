@@ -48,6 +48,10 @@ def test_models_by_name(url, embedders):
     api_checks.check_models(url, embedders)
 
 
+def test_chunks(url, embedders, sentences):
+    api_checks.check_chunks(url, embedders, " ".join(sentences[:300]))
+
+
 def test_bad_requests(url):
     api_checks.check_bad_requests(url)
 
@@ -104,5 +108,6 @@ def test_limits(strict_url):
     assert tei.status_code == 422 and tei.json()["error_type"] == "Validation"
     info = httpx.get(f"{strict_url}/info", headers=auth).json()
     assert info["limits"] == {"max_texts": 4, "max_chars": 20, "long_text": "reject", "max_body_bytes": 4096,
-                              "max_jsonl_bytes": 268435456, "max_jsonl_lines": 1000000, "auth": True}
+                              "max_jsonl_bytes": 268435456, "max_jsonl_lines": 1000000, "max_document_chars": 4000000,
+                              "body_chunk_timeout_s": 5.0, "body_timeout_s": 10.0, "auth": True}
     assert "s3cret" not in httpx.get(f"{strict_url}/openapi.json", headers=auth).text

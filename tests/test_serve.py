@@ -38,6 +38,16 @@ def test_http_through_serve_with_openai_client(ray_serve, app, embedder, embedde
     api_checks.check_service_routes(ray_serve.url, embedder)
 
 
+def test_chunks_through_serve_and_the_handle(ray_serve, app, embedders, sentences):
+    document = " ".join(sentences[:300])
+    api_checks.check_chunks(ray_serve.url, embedders, document)
+    for name, embedder in embedders.items():
+        chunks = app.chunk.remote(document, 64, 16, model=name).result()
+        expected = embedder.chunk(document, 64, 16)
+        assert [(c.start, c.end) for c in chunks] == [(c.start, c.end) for c in expected]
+        np.testing.assert_allclose([c.embedding for c in chunks], [c.embedding for c in expected], atol=1e-6)
+
+
 def test_jsonl_through_serve(ray_serve, app, embedder):
     api_checks.check_jsonl(ray_serve.url, embedder, lines=1500)
 
