@@ -232,8 +232,10 @@ def parse_chunks(obj: dict[str, Any], settings: Settings, dim: int, max_tokens: 
     overlap = _integer(obj.get("overlap_tokens", 0))
     if overlap is None or not 0 <= overlap < size:
         raise invalid("'overlap_tokens' must be an integer from 0 to chunk_tokens - 1", "overlap_tokens")
-    encoding_format = obj.get("encoding_format") or "float"
-    if encoding_format not in ("float", "base64"):
+    encoding_format = obj.get("encoding_format")
+    if encoding_format is None:
+        encoding_format = "float"
+    if not isinstance(encoding_format, str) or encoding_format not in ("float", "base64"):
         raise invalid("'encoding_format' must be 'float' or 'base64'", "encoding_format")
     options = Options(normalize=_flag(obj.get("normalize"), "normalize"),
                       dimensions=_dimensions(obj.get("dimensions"), dim))
