@@ -79,7 +79,7 @@ def main() -> None:
 
     def streaming() -> None:
         records, total = open_input(corpus, "text")
-        written = encode_stream(embedder, records, NpyWriter(work / "out.npy", total, embedder.dim, np.dtype("f4")))
+        written = encode_stream(embedder, records, NpyWriter(work / "out.npy", embedder.dim, np.dtype("f4")))
         assert written == len(texts)
 
     def ray_data(source: Path = corpus, rows: int = len(texts)) -> None:

@@ -1,19 +1,21 @@
-"""Streaming file encoding: read records in chunks, encode each chunk, write rows in input order.
+"""Streaming file encoding: read records a step at a time, encode each step, write rows in input order.
 
-Memory stays bounded by the chunk size whatever the input size: readers yield records one by one (Parquet in
-record batches of one chunk), writers append rows (`.npy` output is a memory-mapped file sized up front from a
-counting pass, Parquet output one row group per chunk). Every record keeps its 1-based line (text, JSONL) or row
-(Parquet) number: it is the `id`/`line` of the output rows and the number a malformed record is reported by.
+Memory stays bounded by the step size (`--chunk-size` records) whatever the input size: readers yield records
+one by one (Parquet in record batches of one step), writers append rows (`.npy` block by block with its row count
+written last, Parquet one row group per step). Every record keeps its 1-based line (text, JSONL) or row (Parquet)
+number: it is the `id`/`line` of the output rows and the number a malformed record is reported by. With
+`chunk_tokens`, long records are cut into overlapping chunks of whole words and each chunk is a row, keyed by the
+record's number and its character span.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -199,70 +201,117 @@ def output_shape(dim: int, dimensions: int | None, precision: str) -> tuple[int,
     return width, np.dtype(dtype)
 
 
-def embedding_table(ids: Iterable[int], vectors: np.ndarray) -> pa.Table:
-    """`id` (int64) and `embedding` (fixed-size list of the vectors' dtype): the Parquet layout of both paths."""
+def embedding_table(ids: Iterable[int], vectors: np.ndarray, spans: Spans | None = None) -> pa.Table:
+    """`id` (int64), with spans `chunk`/`start`/`end` (int64), and `embedding` (fixed-size list of the vectors'
+    dtype): the Parquet layout of both paths."""
     import pyarrow as pa
 
-    ids = pa.array(np.fromiter(ids, dtype=np.int64, count=len(vectors)), pa.int64())
+    columns = [pa.array(np.fromiter(ids, dtype=np.int64, count=len(vectors)), pa.int64())]
+    if spans is not None:
+        columns += [pa.array(np.asarray(column, dtype=np.int64), pa.int64()) for column in spans]
     flat = pa.array(np.ascontiguousarray(vectors).reshape(-1))
-    embedding = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-    return pa.Table.from_arrays([ids, embedding], names=["id", "embedding"])
+    columns.append(pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]))
+    names = ["id", *(SPAN_COLUMNS if spans is not None else ()), "embedding"]
+    return pa.Table.from_arrays(columns, names=names)
 
 
-def embedding_schema(dim: int, dtype: np.dtype) -> pa.Schema:
+def embedding_schema(dim: int, dtype: np.dtype, *, spans: bool = False) -> pa.Schema:
     import pyarrow as pa
 
-    return pa.schema([("id", pa.int64()), ("embedding", pa.list_(pa.from_numpy_dtype(dtype), dim))])
+    keys = [("id", pa.int64()), *((name, pa.int64()) for name in (SPAN_COLUMNS if spans else ()))]
+    return pa.schema([*keys, ("embedding", pa.list_(pa.from_numpy_dtype(dtype), dim))])
+
+
+class Spans(NamedTuple):
+    """Which part of its record each output row is, when records are cut into chunks (`--chunk-tokens`)."""
+
+    chunk: np.ndarray  # int64: the chunk's number within its record, from 0
+    start: np.ndarray  # int64: character offsets into the record's text, the chunk is text[start:end]
+    end: np.ndarray
+
+
+SPAN_COLUMNS = ("chunk", "start", "end")
 
 
 class RowWriter(Protocol):
-    def write(self, records: list[Record], vectors: np.ndarray) -> None: ...
+    def write(self, ids: Sequence[int], vectors: np.ndarray, spans: Spans | None = None) -> None: ...
 
     def close(self) -> int: ...
 
 
+class NpyAppender:
+    """A `.npy` file written row block by row block, its row count filled in on close: no size needed up front.
+
+    The header is written at a fixed 128 bytes (room for any row count) and rewritten with the true shape last.
+    """
+
+    HEADER = 128
+
+    def __init__(self, path: Path, width: int, dtype: np.dtype) -> None:
+        self.path, self.width, self.dtype = path, width, np.dtype(dtype)
+        self.rows = 0
+        self._file = path.open("wb")
+        self._file.write(self._header(2**62))
+
+    def append(self, block: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(block, dtype=self.dtype).reshape(-1, self.width).data)
+        self.rows += len(block)
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self._file.seek(0)
+        self._file.write(self._header(self.rows))
+        self._file.close()
+
+    def _header(self, rows: int) -> bytes:
+        fields = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (rows, self.width)}
+        text = repr(fields).encode("latin1")
+        pad = self.HEADER - 10 - len(text) - 1
+        return b"\x93NUMPY\x01\x00" + (self.HEADER - 10).to_bytes(2, "little") + text + b" " * pad + b"\n"
+
+
+def offsets_path(path: Path) -> Path:
+    """Where `.npy` output keeps its rows' record ids and spans: `out.npy` -> `out.offsets.npy`."""
+    return path.with_name(path.stem + ".offsets.npy")
+
+
 class NpyWriter:
-    """Rows into a memory-mapped `.npy` of known size; trimmed on close if records were skipped."""
+    """Vectors into a `.npy` (row i = output row i); with spans, `<name>.offsets.npy` beside it holds int64 rows
+    (id, chunk, start, end), the record and the part of its text each vector is."""
 
-    def __init__(self, path: Path, rows: int, dim: int, dtype: np.dtype) -> None:
-        self.path, self.dim, self.dtype = path, dim, dtype
-        self._array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(rows, dim))
-        self._written = 0
+    def __init__(self, path: Path, dim: int, dtype: np.dtype, *, spans: bool = False) -> None:
+        self._vectors = NpyAppender(path, dim, dtype)
+        self._offsets = NpyAppender(offsets_path(path), 4, np.dtype(np.int64)) if spans else None
 
-    def write(self, records: list[Record], vectors: np.ndarray) -> None:
-        if self._written + len(vectors) > self._array.shape[0]:
-            raise RuntimeError(f"more records than the {self._array.shape[0]} rows counted in the input")
-        self._array[self._written : self._written + len(vectors)] = vectors
-        self._written += len(vectors)
+    def write(self, ids: Sequence[int], vectors: np.ndarray, spans: Spans | None = None) -> None:
+        self._vectors.append(vectors)
+        if self._offsets is not None:
+            if spans is None:
+                raise ValueError("this writer was opened for chunk rows: spans are required")
+            self._offsets.append(np.column_stack([np.asarray(ids, dtype=np.int64), *spans]))
 
     def close(self) -> int:
-        rows = self._array.shape[0]
-        self._array.flush()
-        del self._array
-        if self._written != rows:  # skipped records: rewrite with the true row count
-            kept = np.load(self.path, mmap_mode="r")[: self._written]
-            trimmed = self.path.with_suffix(".tmp.npy")
-            out = np.lib.format.open_memmap(trimmed, mode="w+", dtype=self.dtype, shape=(self._written, self.dim))
-            for start in range(0, self._written, 1 << 16):
-                out[start : start + (1 << 16)] = kept[start : start + (1 << 16)]
-            out.flush()
-            del out, kept
-            trimmed.replace(self.path)
-        return self._written
+        self._vectors.close()
+        if self._offsets is not None:
+            self._offsets.close()
+        return self._vectors.rows
 
 
 class ParquetWriter:
-    """`id` + `embedding` rows, one row group per chunk, so a reader can stream the output back too."""
+    """`id` (+ `chunk`, `start`, `end` with spans) and `embedding` rows, one row group per write, so a reader can
+    stream the output back too."""
 
-    def __init__(self, path: Path, dim: int, dtype: np.dtype) -> None:
+    def __init__(self, path: Path, dim: int, dtype: np.dtype, *, spans: bool = False) -> None:
         import pyarrow.parquet as pq
 
-        self._writer = pq.ParquetWriter(path, embedding_schema(dim, dtype), **PARQUET_OPTIONS)  # type: ignore[arg-type]
+        self._writer = pq.ParquetWriter(path, embedding_schema(dim, dtype, spans=spans), **PARQUET_OPTIONS)  # type: ignore[arg-type]
         self._written = 0
 
-    def write(self, records: list[Record], vectors: np.ndarray) -> None:
-        self._writer.write_table(embedding_table((record.line for record in records), vectors))
-        self._written += len(records)
+    def write(self, ids: Sequence[int], vectors: np.ndarray, spans: Spans | None = None) -> None:
+        self._writer.write_table(embedding_table(ids, vectors, spans))
+        self._written += len(vectors)
 
     def close(self) -> int:
         self._writer.close()
@@ -270,21 +319,30 @@ class ParquetWriter:
 
 
 class JsonlWriter:
-    """One `{"line": n, "embedding": [...]}` object per input record."""
+    """One `{"line": n, "embedding": [...]}` object per row (plus `chunk`, `start`, `end` with spans)."""
 
     def __init__(self, stream: IO[str], *, owns: bool = False) -> None:
         self._stream, self._owns = stream, owns
         self._written = 0
 
-    def write(self, records: list[Record], vectors: np.ndarray) -> None:
+    def write(self, ids: Sequence[int], vectors: np.ndarray, spans: Spans | None = None) -> None:
         import orjson
 
-        lines = [
-            orjson.dumps({"line": record.line, "embedding": row}, option=orjson.OPT_SERIALIZE_NUMPY)
-            for record, row in zip(records, vectors)
-        ]
-        self._stream.write(b"\n".join(lines).decode() + "\n")
-        self._written += len(records)
+        if spans is None:
+            objects: Iterable[dict[str, object]] = (
+                {"line": line, "embedding": row} for line, row in zip(ids, vectors)
+            )
+        else:
+            objects = (
+                {"line": line, "chunk": chunk, "start": start, "end": end, "embedding": row}
+                for line, chunk, start, end, row in zip(
+                    ids, spans.chunk.tolist(), spans.start.tolist(), spans.end.tolist(), vectors
+                )
+            )
+        lines = [orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY) for obj in objects]
+        if lines:
+            self._stream.write(b"\n".join(lines).decode() + "\n")
+        self._written += len(lines)
 
     def close(self) -> int:
         if self._owns:
@@ -294,13 +352,13 @@ class JsonlWriter:
         return self._written
 
 
-def open_writer(path: Path, rows: int, dim: int, dtype: np.dtype) -> RowWriter:
-    """By suffix: `.npy` (needs `rows` up front), `.parquet`/`.pq`, anything else JSONL."""
+def open_writer(path: Path, dim: int, dtype: np.dtype, *, spans: bool = False) -> RowWriter:
+    """By suffix: `.npy` (spans in `<name>.offsets.npy`), `.parquet`/`.pq`, anything else JSONL."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return NpyWriter(path, rows, dim, dtype)
+        return NpyWriter(path, dim, dtype, spans=spans)
     if suffix in (".parquet", ".pq"):
-        return ParquetWriter(path, dim, dtype)
+        return ParquetWriter(path, dim, dtype, spans=spans)
     return JsonlWriter(path.open("w", encoding="utf-8"), owns=True)
 
 
@@ -311,18 +369,47 @@ def encode_stream(
     *,
     chunk_size: int = DEFAULT_CHUNK,
     progress: Callable[[int], None] | None = None,
+    chunk_tokens: int | None = None,
+    overlap_tokens: int = 0,
     **options: object,
 ) -> int:
-    """Encode `records` chunk by chunk into `writer`; returns the number of rows written."""
+    """Encode `records` `chunk_size` at a time into `writer`; returns the number of rows written.
+
+    With `chunk_tokens`, each record is cut into chunks of whole words (`Embedder.chunk`) and every chunk is a
+    row, keyed by its record's id and its span of the text; a record with no tokens gives no row.
+    """
     try:
-        for chunk in chunked(records, chunk_size):
-            vectors = embedder.encode([record.text for record in chunk], **options)  # type: ignore[arg-type]
-            writer.write(chunk, vectors)
+        for step in chunked(records, chunk_size):
+            texts = [record.text for record in step]
+            if chunk_tokens is None:
+                writer.write([record.line for record in step], embedder.encode(texts, **options))  # type: ignore[arg-type]
+            else:
+                writer.write(*_chunk_rows(embedder, step, texts, chunk_tokens, overlap_tokens, options))
             if progress is not None:
-                progress(len(chunk))
+                progress(len(step))
     finally:
         written = writer.close()
     return written
+
+
+def _chunk_rows(
+    embedder: Embedder, step: list[Record], texts: list[str], chunk_tokens: int, overlap_tokens: int,
+    options: dict[str, object],
+) -> tuple[list[int], np.ndarray, Spans]:
+    """One step's chunk rows: ids, vectors (finished as one batch) and spans."""
+    from swiftembed.chunking import chunk_sums
+
+    chunked = chunk_sums(embedder, texts, chunk_tokens, overlap_tokens)
+    ids = [record.line for record, one in zip(step, chunked) for _ in range(len(one))]
+    if not ids:
+        width, dtype = output_shape(embedder.dim, options.get("dimensions"), options.get("precision", "float32"))  # type: ignore[arg-type]
+        empty = np.zeros(0, dtype=np.int64)
+        return ids, np.zeros((0, width), dtype=dtype), Spans(empty, empty, empty)
+    sums = np.concatenate([one.sums for one in chunked if len(one)])
+    vectors = embedder.finish(sums, tokens=[n for one in chunked for n in one.counts], inplace=True, **options)  # type: ignore[arg-type]
+    spans = np.array([span for one in chunked for span in one.spans], dtype=np.int64).reshape(-1, 2)
+    index = np.concatenate([np.arange(len(one), dtype=np.int64) for one in chunked])
+    return ids, vectors, Spans(index, spans[:, 0], spans[:, 1])
 
 
 def count_lines(path: Path) -> int:

@@ -85,6 +85,12 @@ def _add_encode(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="a malformed record (bad JSONL line, invalid UTF-8, Parquet null or non-string): stop, or "
                    "report its line/row number and go on")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="texts encoded per step (bounds memory)")
+    p.add_argument("--chunk-tokens", type=int, metavar="N",
+                   help="cut each text into chunks of whole words of at most N tokens, one output row per chunk "
+                   "with the record's id and the chunk's number and character span (start, end); .npy output "
+                   "writes the spans to <name>.offsets.npy as int64 rows (id, chunk, start, end)")
+    p.add_argument("--overlap-tokens", type=int, default=0, metavar="M",
+                   help="with --chunk-tokens: consecutive chunks share at most M tokens (default 0)")
     p.add_argument("--dimensions", type=int, help="keep the first k dimensions (re-normalized)")
     p.add_argument("--precision", choices=PRECISIONS, default="float32")
     p.add_argument("--no-normalize", action="store_true", help="return raw mean vectors")
@@ -96,6 +102,10 @@ def _add_encode(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
 def _run_encode(args: argparse.Namespace) -> int:
     if args.chunk_size < 1:
         raise ValueError("--chunk-size must be positive")
+    if args.chunk_tokens is not None and not 0 <= args.overlap_tokens < args.chunk_tokens:
+        raise ValueError("--chunk-tokens must be positive and --overlap-tokens from 0 to --chunk-tokens - 1")
+    if args.chunk_tokens is None and args.overlap_tokens:
+        raise ValueError("--overlap-tokens needs --chunk-tokens")
     embedder = load_embedder(args)
     options = {
         "dimensions": args.dimensions,
@@ -118,13 +128,11 @@ def _run_encode(args: argparse.Namespace) -> int:
         stdin = getattr(sys.stdin, "buffer", sys.stdin)  # bytes: split on \n only, bad UTF-8 reported by line
         records = read_records(stdin, args.input_format or "text", field=args.field, on_error=args.on_error)
 
+    chunks = args.chunk_tokens is not None
     if args.output is None:
         writer: RowWriter = JsonlWriter(sys.stdout)
     else:
-        if args.output.suffix.lower() == ".npy" and total is None:  # stdin: size unknown until read, so held
-            buffered = list(records)
-            records, total = iter(buffered), len(buffered)
-        writer = open_writer(args.output, total or 0, *output_shape(embedder.dim, args.dimensions, args.precision))
+        writer = open_writer(args.output, *output_shape(embedder.dim, args.dimensions, args.precision), spans=chunks)
 
     bar = None
     if args.input is not None and not args.no_progress:
@@ -133,13 +141,15 @@ def _run_encode(args: argparse.Namespace) -> int:
         bar = tqdm(total=total, unit="text", file=sys.stderr, disable=None)
     try:
         written = encode_stream(
-            embedder, records, writer, chunk_size=args.chunk_size, progress=bar.update if bar else None, **options
+            embedder, records, writer, chunk_size=args.chunk_size, progress=bar.update if bar else None,
+            chunk_tokens=args.chunk_tokens, overlap_tokens=args.overlap_tokens, **options,
         )
     finally:
         if bar is not None:
             bar.close()
     if args.output is not None:
-        print(f"wrote {written} embeddings to {args.output}", file=sys.stderr)
+        what = "chunk embeddings" if chunks else "embeddings"
+        print(f"wrote {written} {what} to {args.output}", file=sys.stderr)
     return 0
 
 

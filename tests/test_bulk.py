@@ -107,7 +107,7 @@ def test_streaming_memory_is_bounded(tmp_path, embedder, sentences, fmt, out):
         records, total = open_input(source, fmt, field=FIELD, column=FIELD, chunk_size=chunk)
         records = (r for r in records if limit is None or r.line <= limit)
         target = tmp_path / f"out.{out}"
-        writer = (NpyWriter(target, total, embedder.dim, np.dtype(np.float32)) if out == "npy"
+        writer = (NpyWriter(target, embedder.dim, np.dtype(np.float32)) if out == "npy"
                   else ParquetWriter(target, embedder.dim, np.dtype(np.float32)))
         return encode_stream(embedder, records, writer, chunk_size=chunk, progress=progress)
 
@@ -128,6 +128,67 @@ def test_streaming_memory_is_bounded(tmp_path, embedder, sentences, fmt, out):
     assert written == inputs
     assert peak < all_vectors / 8, f"Python heap peak {peak / 1e6:.1f} MB for {all_vectors / 1e6:.1f} MB of vectors"
     assert arrow_peak < all_vectors / 8, f"Arrow peak {arrow_peak / 1e6:.1f} MB for {all_vectors / 1e6:.1f} MB"
+
+
+def documents(sentences: list[str]) -> list[str]:
+    """Records for chunking: long ones (many sentences on one line), short, empty, whitespace-only, non-ASCII."""
+    long = [" ".join(sentences[i : i + 40]) for i in range(0, 400, 40)]
+    return [long[0], "", "one word", "   ", *long[1:5], "naïve café — déjà vu " * 30, *long[5:]]
+
+
+@pytest.mark.parametrize("out", ["npy", "parquet", "jsonl"])
+def test_encode_chunks_equals_embedder_chunk(tmp_path, embedder, sentences, out, capsys):
+    """`--chunk-tokens`: one row per chunk, keyed by record id, chunk number and span; vectors and spans are
+    `Embedder.chunk`'s; records without tokens give no row; steps split records, never a record's chunks."""
+    docs = documents(sentences)
+    source = write_input(tmp_path / "in.txt", "text", docs)
+    target = tmp_path / f"out.{out}"
+    argv = ["encode", "-i", str(source), "-o", str(target), "--chunk-tokens", "24", "--overlap-tokens", "6",
+            "--chunk-size", "3", "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    expected = [(line, k, c.start, c.end, c.embedding) for line, doc in enumerate(docs, start=1)
+                for k, c in enumerate(embedder.chunk(doc, 24, 6))]
+    if out == "npy":
+        vectors = np.load(target)
+        offsets = np.load(tmp_path / "out.offsets.npy")
+        assert offsets.dtype == np.int64 and offsets.shape == (len(expected), 4)
+        keys = [tuple(row) for row in offsets.tolist()]
+    elif out == "parquet":
+        table = pq.read_table(target)
+        assert table.column_names == ["id", "chunk", "start", "end", "embedding"]
+        keys = list(zip(*(table[name].to_pylist() for name in ("id", "chunk", "start", "end"))))
+        vectors = table["embedding"].combine_chunks().flatten().to_numpy().reshape(len(keys), 256)
+    else:
+        rows = [json.loads(line) for line in target.read_text().splitlines()]
+        keys = [(row["line"], row["chunk"], row["start"], row["end"]) for row in rows]
+        vectors = np.array([row["embedding"] for row in rows], dtype=np.float32)
+    assert keys == [row[:4] for row in expected]
+    assert {line for line, *_ in keys} == {1, 3, *range(5, len(docs) + 1)}  # "" and "   " have no tokens
+    np.testing.assert_allclose(vectors, np.stack([row[4] for row in expected]), atol=1e-6)
+    for line, _, start, end in keys[:50]:  # the defining property, through the file
+        text = docs[line - 1][start:end]
+        assert text == text.strip() and text
+
+
+def test_encode_chunk_options_checked(capsys):
+    assert main(["encode", "x", "--chunk-tokens", "8", "--overlap-tokens", "8"]) == 2
+    assert "--overlap-tokens from 0 to --chunk-tokens - 1" in capsys.readouterr().err
+    assert main(["encode", "x", "--chunk-tokens", "0"]) == 2
+    assert main(["encode", "x", "--overlap-tokens", "2"]) == 2
+    assert "--overlap-tokens needs --chunk-tokens" in capsys.readouterr().err
+
+
+def test_npy_output_from_stdin_streams(tmp_path, embedder, monkeypatch):
+    """The .npy row count is written last, so stdin (size unknown) streams into it instead of being held."""
+    import io
+    import sys
+
+    target = tmp_path / "out.npy"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"first\nsecond\n\nfourth\n")))
+    assert main(["encode", "-o", str(target), "--chunk-size", "2"]) == 0
+    np.testing.assert_array_equal(np.load(target), embedder.encode(["first", "second", "", "fourth"]))
+    header = target.read_bytes()[:128]
+    assert header.startswith(b"\x93NUMPY") and header.endswith(b"\n") and np.load(target, mmap_mode="r").shape == (4, 256)
 
 
 BAD_JSONL = '{"body": "one"}\n{"body": "two"}\nnot json\n{"other": 1}\n\n{"body": "three"}\n'
