@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -33,6 +33,7 @@ OCTET_BYTES = OCTET.encode()  # compared with the raw Accept header on every emb
 JSONL = "application/jsonl"
 JSONL_TYPES = (JSONL, "application/x-ndjson", "application/x-jsonlines", "application/json-lines")
 JSONL_CHUNK = 1024  # lines encoded per kernel call on /embed/jsonl
+JSONL_ACCEPT = tuple(kind.encode() for kind in JSONL_TYPES)  # Accept values that ask /embed/chunks for JSONL
 # Response headers a browser script may read under CORS (the raw route's shape is only in headers).
 EXPOSED_HEADERS = ["X-Processing-Time-Ms", "X-Token-Count", "X-Embedding-Count", "X-Embedding-Dimension",
                    "X-Embedding-Dtype", "Retry-After"]
@@ -193,8 +194,13 @@ class EmbeddingApi:
         vectors = embedder.finish(sums, tokens=counts, normalize=req.options.normalize,
                                   dimensions=req.options.dimensions, inplace=True)
         tokens = sum(counts)
-        answer = wire.chunks_body([text.spans for text in chunked], vectors, served.model_id, tokens,
-                                  req.encoding_format)
+        spans = [text.spans for text in chunked]
+        if any(kind in header(scope, b"accept") for kind in JSONL_ACCEPT):  # streamed: very long answers
+            stream = Stream()
+            stream.texts, stream.tokens = len(counts), tokens
+            stream.chunks = _blocks(wire.chunk_lines(spans, vectors, req.encoding_format))
+            return Answer(stream, JSONL, tokens=tokens, model=served.name)
+        answer = wire.chunks_body(spans, vectors, served.model_id, tokens, req.encoding_format)
         return Answer(answer, texts=len(counts), tokens=tokens, model=served.name)
 
     async def similarity(self, scope: Scope, receive: Receive) -> Answer:
@@ -354,6 +360,13 @@ def _query(scope: Scope) -> dict[str, str]:
     """Query parameters, the last value of each."""
     raw = scope.get("query_string", b"")
     return {k: v[-1] for k, v in parse_qs(raw.decode("latin-1"), keep_blank_values=True).items()} if raw else {}
+
+
+async def _blocks(blocks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """A body written block by block, letting other requests run between blocks."""
+    for block in blocks:
+        yield block
+        await asyncio.sleep(0)
 
 
 async def _lines(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:

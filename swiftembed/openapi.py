@@ -332,6 +332,16 @@ def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
     embed["post"]["responses"]["200"]["content"][
         "application/octet-stream"
     ] = {"schema": {"type": "string", "format": "binary"}}
+    chunks = post(
+        "Long documents as overlapping chunks of whole words, every chunk's vector from one pass",
+        "ChunksRequest",
+        "ChunksResponse",
+        "Chunk `{start, end}` of `texts[i]` has the vector /embed gives for `texts[i][start:end]`. A word longer "
+        "than `chunk_tokens` tokens is a chunk of its own; a text with no known token has no chunk. With "
+        '`Accept: application/jsonl` the answer is streamed, one `{"text", "chunk", "start", "end", "embedding"}` '
+        "line per chunk in text order.",
+    )
+    chunks["post"]["responses"]["200"]["content"]["application/jsonl"] = {"schema": {"type": "string"}}
     paths: dict[str, Schema] = {
         "/v1/embeddings": post("OpenAI-compatible embeddings", "EmbeddingsRequest", "EmbeddingsResponse"),
         "/embed": embed,
@@ -354,13 +364,7 @@ def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
                 },
             }
         },
-        "/embed/chunks": post(
-            "Long documents as overlapping chunks of whole words, every chunk's vector from one pass",
-            "ChunksRequest",
-            "ChunksResponse",
-            "Chunk `{start, end}` of `texts[i]` has the vector /embed gives for `texts[i][start:end]`. A word longer "
-            "than `chunk_tokens` tokens is a chunk of its own; a text with no known token has no chunk.",
-        ),
+        "/embed/chunks": chunks,
         "/similarity": post("Cosine similarity: one text against many, or pairs", "SimilarityRequest",
                             "SimilarityResponse"),
         "/tokenize": post("Token ids and strings that each text is pooled from", "TokenizeRequest", "TokenizeResponse"),

@@ -8,7 +8,7 @@ without a Python list in between, base64 and raw bodies are the array's own byte
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -249,6 +249,23 @@ def chunks_body(spans: Sequence[Sequence[tuple[int, int]]], vectors: np.ndarray,
         else iter(vectors)
     chunks = [[{"start": start, "end": end, "embedding": next(rows)} for start, end in text] for text in spans]
     return json_bytes({"chunks": chunks, "model": model, "tokens": tokens})
+
+
+def chunk_lines(spans: Sequence[Sequence[tuple[int, int]]], vectors: np.ndarray, encoding_format: str,
+                block: int = 512) -> Iterator[bytes]:
+    """`/embed/chunks` as JSONL, one `{"text", "chunk", "start", "end", "embedding"}` line per chunk in text order,
+    written `block` lines at a time: the answer's text never exists whole, however long the documents."""
+    keys = [(t, k, start, end) for t, text in enumerate(spans) for k, (start, end) in enumerate(text)]
+    for at in range(0, len(keys), block):
+        part = vectors[at : at + block]
+        if encoding_format == "base64":
+            rows = [b'"%s"' % base64.b64encode(_le_f32(row)) for row in part]
+        else:
+            rows = [b"[%s]" % row for row in orjson.dumps(part, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")]
+        yield b"".join(
+            b'{"text":%d,"chunk":%d,"start":%d,"end":%d,"embedding":%s}\n' % (*key, row)
+            for key, row in zip(keys[at : at + block], rows)
+        )
 
 
 def parse_similarity(obj: dict[str, Any], settings: Settings) -> tuple[list[str], list[str], bool]:

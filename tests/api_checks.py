@@ -6,6 +6,7 @@ import base64
 
 import httpx
 import numpy as np
+import orjson
 
 TEXTS = ["hello world", "A man with a hard hat is dancing.", "", "Café naïve 東京 🙂", "word " * 600]
 ATOL = 1e-6
@@ -270,6 +271,18 @@ def check_chunks(url: str, embedders: dict, document: str) -> None:
             b64 = http.post("/embed/chunks", json={**body, "encoding_format": "base64", "dimensions": 32}).json()
             got = [decode_base64(c["embedding"]) for c in b64["chunks"][0]]
             np.testing.assert_allclose(got, embedder.encode(texts, dimensions=32), atol=ATOL)
+            # Accept: application/jsonl streams one line per chunk, the same chunks in text order
+            with http.stream("POST", "/embed/chunks", json=body, headers={"accept": "application/jsonl"}) as r:
+                assert r.status_code == 200 and r.headers["content-type"] == "application/jsonl"
+                lines = [orjson.loads(line) for line in r.iter_lines() if line]
+            want = [(t, k, c["start"], c["end"]) for t, text in enumerate(answer["chunks"]) for k, c in enumerate(text)]
+            assert [(x["text"], x["chunk"], x["start"], x["end"]) for x in lines] == want
+            np.testing.assert_allclose([x["embedding"] for x in lines],
+                                       [c["embedding"] for text in answer["chunks"] for c in text], atol=ATOL)
+            r = http.post("/embed/chunks", json={**body, "encoding_format": "base64"},
+                          headers={"accept": "application/x-ndjson"})
+            streamed = [decode_base64(orjson.loads(line)["embedding"]) for line in r.text.splitlines()]
+            np.testing.assert_allclose(streamed[: len(texts)], embedder.encode(texts), atol=ATOL)
 
 
 def decode_base64(value: str) -> np.ndarray:
