@@ -60,6 +60,7 @@ class EmbeddingApi:
             "/embed": {"POST": self.embed},
             "/embed/jsonl": {"POST": self.embed_jsonl},
             "/embed/chunks": {"POST": self.embed_chunks},
+            "/embed_sparse": {"POST": self.embed_sparse},
             "/similarity": {"POST": self.similarity},
             "/tokenize": {"POST": self.tokenize},
             "/v1/models": {"GET": self.list_models},
@@ -202,6 +203,18 @@ class EmbeddingApi:
             return Answer(stream, JSONL, tokens=tokens, model=served.name)
         answer = wire.chunks_body(spans, vectors, served.model_id, tokens, req.encoding_format)
         return Answer(answer, texts=len(counts), tokens=tokens, model=served.name)
+
+    async def embed_sparse(self, scope: Scope, receive: Receive) -> Answer:
+        """TEI's /embed_sparse: per text its distinct token ids with weights (swiftembed/sparse.py), the lexical
+        half of hybrid search, from the same tokens as /embed."""
+        body = await self.read_json(scope, receive)
+        try:
+            served = self.model(body.get("model"))
+            texts = wire.parse_sparse(body, self.settings)
+        except ApiError as error:
+            return error_answer(error, "tei")
+        vectors, tokens = await self.backend.sparse(texts, served)
+        return Answer(wire.sparse_body(vectors), texts=len(texts), tokens=tokens, model=served.name)
 
     async def similarity(self, scope: Scope, receive: Receive) -> Answer:
         body = await self.read_json(scope, receive)

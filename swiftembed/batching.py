@@ -23,6 +23,7 @@ import numpy as np
 from swiftembed.catalog import Served
 from swiftembed.chunking import ChunkedText, chunk_sums
 from swiftembed.pooling import normalize as normalize_rows
+from swiftembed.sparse import SparseVector, sparse_counted
 
 
 class Pooled(NamedTuple):
@@ -43,6 +44,8 @@ class Backend(Protocol):
 
     async def chunk(self, texts: list[str], chunk_tokens: int, overlap_tokens: int, model: Served) -> list[ChunkedText]:
         ...
+
+    async def sparse(self, texts: list[str], model: Served) -> tuple[list[SparseVector], int]: ...
 
 
 log = logging.getLogger("swiftembed")
@@ -113,6 +116,16 @@ class Batcher:
         if sum(map(len, texts)) >= self.offload_chars:
             return await anyio.to_thread.run_sync(chunk_sums, model.embedder, texts, chunk_tokens, overlap_tokens)
         return chunk_sums(model.embedder, texts, chunk_tokens, overlap_tokens)
+
+    async def sparse(self, texts: list[str], model: Served) -> tuple[list[SparseVector], int]:
+        """Sparse vectors and the token count: tokenization and one np.unique, not batched across requests (no
+        kernel call to share); many texts go to a worker thread."""
+        if len(texts) >= self.offload_from:
+            return await anyio.to_thread.run_sync(self.sparse_now, texts, model)
+        return self.sparse_now(texts, model)
+
+    def sparse_now(self, texts: list[str], model: Served) -> tuple[list[SparseVector], int]:
+        return sparse_counted(model.embedder, texts)
 
     def pool_now(self, texts: list[str], model: Served) -> Pooled:
         start = time.perf_counter()

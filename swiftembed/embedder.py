@@ -14,6 +14,7 @@ from swiftembed.tokenizer import TextTokenizer, TokenBatch
 
 if TYPE_CHECKING:
     from swiftembed.chunking import Chunk
+    from swiftembed.sparse import SparseVector
 
 # Texts per kernel call inside `encode`: bounds the temporary memory of very large inputs.
 CHUNK_TEXTS = 8192
@@ -157,6 +158,15 @@ class Embedder:
     def encode_one(self, text: str, **options: object) -> np.ndarray:
         """One text's vector, 1-D."""
         return self.encode([text], **options)[0]  # type: ignore[arg-type]
+
+    def sparse(self, texts: str | Sequence[str], **options: object) -> list[SparseVector] | SparseVector:
+        """Sparse lexical vectors (token id -> weight) from the same tokens as `encode`, one per text (a single
+        string: its vector); options of `swiftembed.sparse.sparse_encode` (`normalize=True`)."""
+        from swiftembed.sparse import sparse_encode
+
+        if isinstance(texts, str):
+            return sparse_encode(self, [texts], **options)[0]  # type: ignore[arg-type]
+        return sparse_encode(self, texts, **options)  # type: ignore[arg-type]
 
     def chunk(
         self,

@@ -250,6 +250,17 @@ def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
                 },
             ]
         },
+        "SparseRequest": {
+            "type": "object",
+            "required": ["inputs"],
+            "properties": {"inputs": {"oneOf": [text, texts]}, "truncate": {"type": ["boolean", "null"]},
+                           "model": model},
+        },
+        "SparseResponse": {"type": "array", "items": {"type": "array", "items": {
+            "type": "object",
+            "required": ["index", "value"],
+            "properties": {"index": {"type": "integer", "minimum": 0}, "value": {"type": "number"}},
+        }}},
         "TokenizeResponse": {
             "type": "object",
             "required": ["ids", "tokens"],
@@ -367,6 +378,14 @@ def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
         "/embed/chunks": chunks,
         "/similarity": post("Cosine similarity: one text against many, or pairs", "SimilarityRequest",
                             "SimilarityResponse"),
+        "/embed_sparse": post(
+            "Sparse lexical vectors (TEI's shape), from the tokens the dense vector is pooled from",
+            "SparseRequest",
+            "SparseResponse",
+            "Per text, its distinct token ids with a weight each (the fourth root of the token's row norm, repeats "
+            "saturating as in BM25), L2-normalized: a dot product of two is in [0, 1]. For hybrid search beside "
+            "/embed; see docs/quality.md.",
+        ),
         "/tokenize": post("Token ids and strings that each text is pooled from", "TokenizeRequest", "TokenizeResponse"),
         "/health": {"get": {"summary": "Ready (the models load before the server listens)", "responses": {
             "200": {"description": "Ready", **_json(_ref("Health"))}, **_errors(503)}}},

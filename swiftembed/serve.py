@@ -36,6 +36,7 @@ from swiftembed.ingress import choose_ingress, serve_environment
 from swiftembed.metrics import BATCH_BUCKETS, KERNEL_BUCKETS_MS, LATENCY_BUCKETS_MS
 from swiftembed.pooling import Precision
 from swiftembed.settings import Settings
+from swiftembed.sparse import SparseVector
 from swiftembed.tables import NAMESPACE, SharedTables
 
 log = logging.getLogger("ray.serve")
@@ -257,6 +258,20 @@ class SwiftEmbedDeployment:
             return call()
         finally:
             self.api.load.exit()
+
+    async def sparse(self, texts: str | list[str], *, model: str | None = None) -> list[SparseVector] | SparseVector:
+        """Sparse lexical vectors, `SparseVector(indices, values)`, as `Embedder.sparse` gives them (one string: its
+        vector): what /embed_sparse answers, for hybrid search beside `embed`."""
+        served = self.catalog.get(model)
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        if not all(isinstance(t, str) for t in batch):
+            raise TypeError("texts must be a string or a list of strings")
+        self.api.load.enter()
+        try:
+            vectors, _ = await self.batcher.sparse(batch, served)
+        finally:
+            self.api.load.exit()
+        return vectors[0] if isinstance(texts, str) else vectors
 
     async def similarity(self, a: str | list[str], b: str | list[str], *, model: str | None = None) -> np.ndarray:
         """Cosine similarity matrix between the texts of `a` and of `b`."""

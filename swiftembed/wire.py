@@ -301,6 +301,15 @@ def parse_tokenize(obj: dict[str, Any], settings: Settings) -> list[str]:
     return _texts(obj[key], key, settings)
 
 
+def parse_sparse(obj: dict[str, Any], settings: Settings) -> list[str]:
+    """POST /embed_sparse, TEI's shape: `{"inputs": str | [str]}` (`truncate` accepted: texts are always cut at
+    the model's token limit, as for /embed)."""
+    if "inputs" not in obj:
+        raise invalid("'inputs' is required", "inputs")
+    _flag(obj.get("truncate"), "truncate")
+    return _texts(obj["inputs"], "inputs", settings)
+
+
 # Responses -----------------------------------------------------------------------------------------------------
 def json_bytes(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -339,6 +348,13 @@ def jsonl_lines(indices: Sequence[int], vectors: np.ndarray) -> bytes:
         return b""
     rows = orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
     return b"".join(b'{"index":%d,"embedding":[%s]}\n' % (i, row) for i, row in zip(indices, rows))
+
+
+def sparse_body(vectors: Sequence[tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """TEI's /embed_sparse answer: per text a list of `{"index": token id, "value": weight}`."""
+    return orjson.dumps([
+        [{"index": i, "value": v} for i, v in zip(indices.tolist(), values.tolist())] for indices, values in vectors
+    ])
 
 
 def jsonl_error_line(index: int, error: ApiError) -> bytes:

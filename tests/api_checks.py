@@ -99,7 +99,7 @@ def check_service_routes(url: str, embedder) -> None:
         assert info["model"] == embedder.model_id and info["checksum"] == embedder.checksum
         assert info["dimension"] == 256 and info["max_tokens"] == 512 and info["limits"]["max_texts"] >= 1
         spec = http.get("/openapi.json").json()
-        assert set(spec["paths"]) == {"/v1/embeddings", "/embed", "/embed/jsonl", "/embed/chunks", "/similarity",
+        assert set(spec["paths"]) == {"/v1/embeddings", "/embed", "/embed/jsonl", "/embed/chunks", "/embed_sparse", "/similarity",
                                       "/tokenize",
                                       "/health", "/info", "/metrics", "/openapi.json", "/v1/models",
                                       "/v1/models/{model}"}
@@ -283,6 +283,27 @@ def check_chunks(url: str, embedders: dict, document: str) -> None:
                           headers={"accept": "application/x-ndjson"})
             streamed = [decode_base64(orjson.loads(line)["embedding"]) for line in r.text.splitlines()]
             np.testing.assert_allclose(streamed[: len(texts)], embedder.encode(texts), atol=ATOL)
+
+
+def check_sparse(url: str, embedders: dict, texts: list[str]) -> None:
+    """/embed_sparse in TEI's shape, for every served model: per text `{"index", "value"}` entries equal to the
+    library's `Embedder.sparse`; a single string is a list of one; TEI's error shape for a bad request."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for name, embedder in embedders.items():
+            r = http.post("/embed_sparse", json={"inputs": texts, "model": name, "truncate": True})
+            assert r.status_code == 200, r.text[:300]
+            got = r.json()
+            assert len(got) == len(texts) and int(r.headers["x-token-count"]) == sum(map(len, embedder.tokenize(texts)))
+            for entries, want in zip(got, embedder.sparse(texts)):
+                assert [e["index"] for e in entries] == want.indices.tolist()
+                np.testing.assert_allclose([e["value"] for e in entries], want.values, rtol=1e-6)
+            one = http.post("/embed_sparse", json={"inputs": texts[0], "model": name}).json()
+            assert one == got[:1]
+        bad = [({}, 422), ({"inputs": []}, 422), ({"inputs": [1]}, 422), ({"inputs": "x", "truncate": 1}, 422),
+               ({"inputs": "x", "model": "nope"}, 404)]
+        for body, status in bad:
+            r = http.post("/embed_sparse", json=body)
+            assert r.status_code == status and "error" in r.json() and "error_type" in r.json(), (body, r.text)
 
 
 def decode_base64(value: str) -> np.ndarray:

@@ -52,6 +52,10 @@ def test_chunks(url, embedders, sentences):
     api_checks.check_chunks(url, embedders, " ".join(sentences[:300]))
 
 
+def test_sparse(url, embedders, sentences):
+    api_checks.check_sparse(url, embedders, [*sentences[:20], "", "the the the dog dog", "naïve café [CLS]"])
+
+
 def test_bad_requests(url):
     api_checks.check_bad_requests(url)
 

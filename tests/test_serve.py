@@ -48,6 +48,17 @@ def test_chunks_through_serve_and_the_handle(ray_serve, app, embedders, sentence
         np.testing.assert_allclose([c.embedding for c in chunks], [c.embedding for c in expected], atol=1e-6)
 
 
+def test_sparse_through_serve_and_the_handle(ray_serve, app, embedders, sentences):
+    texts = [*sentences[:10], "", "the the the dog dog"]
+    api_checks.check_sparse(ray_serve.url, embedders, texts)
+    for name, embedder in embedders.items():
+        got, want = app.sparse.remote(texts, model=name).result(), embedder.sparse(texts)
+        assert [v.indices.tolist() for v in got] == [v.indices.tolist() for v in want]
+        np.testing.assert_allclose(np.concatenate([v.values for v in got]), np.concatenate([v.values for v in want]))
+        one = app.sparse.remote(texts[0], model=name).result()
+        assert one.indices.tolist() == want[0].indices.tolist()
+
+
 def test_jsonl_through_serve(ray_serve, app, embedder):
     api_checks.check_jsonl(ray_serve.url, embedder, lines=1500)
 
