@@ -153,6 +153,41 @@ def chunks_section(chunks: dict, source: str) -> list[str]:
     return lines
 
 
+def scale_section(results: dict[str, dict[str, float]]) -> list[str]:
+    """One replica against two on this machine's 2 cores, ours and the no-op, from the same run."""
+    rows = []
+    for name, two in results.items():
+        path, shape, c, route = (part.strip() for part in name.split("|"))
+        one = results.get(_key("serve-haproxy", shape, int(c[1:]), route))
+        if path != "serve-haproxy-x2" or not one:
+            continue
+        rows.append(f"| {shape} | {c[1:]} | {route} | {one['rps']:,.0f} | {two['rps']:,.0f} | "
+                    f"{two['rps'] / one['rps']:.2f}x |")
+    if not rows:
+        return []
+    return ["", "## Scale: replicas and nodes", "",
+            "One replica against two on this machine's 2 cores, under the HAProxy ingress, in the run above "
+            "(`serve-haproxy` and `serve-haproxy-x2`):", "",
+            "| shape | c | route | 1 replica req/s | 2 replicas req/s | 2 / 1 |", "|---|---:|---|---:|---:|---:|",
+            *rows, "",
+            "A lone client (c1) waits for each answer, so a second replica has nothing to do and only adds a routing "
+            "choice. Under concurrent load a second replica takes the second core, shared with HAProxy, Ray's own "
+            "processes and the load generator, so two replicas cannot double one replica's rate here; the no-op "
+            "rows show how much of the gain is the ingress's and how much ours.", "",
+            "What a node adds: each node runs its own HAProxy and its replicas (one per core, `num_cpus: 1`, with a "
+            "core left for HAProxy, raylet and the metrics agent; docs/operations.md), and a replica answers only "
+            "the requests its node's HAProxy sends it or that another node's HAProxy forwards. The Kubernetes "
+            "Service spreads connections over the nodes' HAProxies, so throughput grows with nodes as long as "
+            "clients hold enough connections: about one node's rate per node for one-text requests (the ingress "
+            "hop is per node, nothing is shared per request but the Serve controller, which is off the request "
+            "path), and for batches as many replicas as cores. What does not grow: the head's GCS and Serve "
+            "controller (config pushes, health checks, autoscaling decisions), and one client connection, which "
+            "stays on one HAProxy. A second node simulated on this machine (`ray.cluster_utils.Cluster`, as "
+            "loadtest/node_fault.py does) shares the same 2 cores and cannot run a second HAProxy on the same port, "
+            "so it shows placement and failover (docs/reliability.md) but no throughput a real node would add; "
+            "that figure needs two machines."]
+
+
 def render(run: dict, source: str, before: dict | None = None, before_source: str = "", chunks: dict | None = None,
            chunks_source: str = "") -> str:
     results = run["results"]
@@ -180,6 +215,7 @@ def render(run: dict, source: str, before: dict | None = None, before_source: st
                   "reach 90% of it: our in-process work alone (embedding, and for JSON answers writing every float as "
                   "text) costs more than the no-op's whole request. Raw float32 answers (`Accept: "
                   "application/octet-stream`) remove most of the writing."]
+    lines += scale_section(results)
     if before is not None:
         lines += ["", "## Before and after", "",
                   f"`{before_source}`: the same benchmark on commit `{before['commit']}` ({before['date']}, "
