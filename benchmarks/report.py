@@ -37,8 +37,10 @@ Baselines:
   returning `encode(texts).tolist()`; "vs FastAPI" is our req/s over its req/s for the same shape and load.
 - **no-op**: for the standalone server, a handler at the same front door as our routes (auth, concurrency
   bound, timing headers, metrics) that reads the body and answers a prepared body of the real answer's size
-  (`benchmarks/noop_app.py`); for Ray Serve, a no-op deployment with the same options in the same Serve
-  (`benchmarks/serve_driver.py`); for the handle, a no-op handle method returning an array of the same shape.
+  (`benchmarks/noop_app.py`); for Ray Serve, the same: SwiftEmbed's own replica class and Serve options with
+  that no-op route at its front door, in the same Serve (`benchmarks/serve_driver.py`; a plain `__call__(request)`
+  deployment would be a heavier baseline, since Ray builds a Starlette Request for it); for the handle, that
+  replica's `embed` method replaced by one returning an array of the same shape.
 - **library**: model2vec's `StaticModel.encode` on the same texts in-process; `ours+wire` is our encode plus
   parsing the request and writing the answer: what our route adds to a no-op route, measured alone.
 """
