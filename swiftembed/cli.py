@@ -328,6 +328,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:  # type: ignore[typ
     fm.add_argument("--json", action="store_true", help="JSON with per-case cosines instead of a table")
     add_model_options(fm)
     fm.set_defaults(run=_run_failure_modes)
+    _add_classify(sub)
     _add_eval_retrieval(sub)
 
 
@@ -403,6 +404,63 @@ def _run_failure_modes(args: argparse.Namespace) -> int:
     for category, row in tables["ours"].items():
         cells = "".join(f"{t[category]['correct']:>8}{100 * t[category]['accuracy']:>7.1f}%" for t in tables.values())
         print(f"{category:<13}{row['cases']:>6}{cells}")
+    return 0
+
+
+def _add_classify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "classify",
+        help="linear-probe accuracy on labeled sentences (MR, CR, MPQA; classify extra)",
+        description="SentEval-style: each text embedded once, then seeded stratified k-fold logistic regression "
+        "(scikit-learn); accuracy x100 per set and the mean. PATH: a directory of <name>.pos/<name>.neg files "
+        '(one text per line; UTF-8 or latin-1) or .jsonl files, or such files, JSONL lines {"text", "label"}.',
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--model", action="append", dest="models", metavar="MODEL",
+                   help="model directory or bundled name (repeatable; default: vendored potion-base-8M)")
+    p.add_argument("--contextual", action="store_true", help=f"also probe {evaluate.CONTEXTUAL_NAME} (eval extra)")
+    p.add_argument("--C", type=float, default=10.0, dest="c", help="inverse L2 regularization (default 10)")
+    p.add_argument("--folds", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="fold shuffling seed")
+    p.add_argument("--max-tokens", type=int, default=-1, help="tokens per text (default: the model's, 512)")
+    p.add_argument("--json", action="store_true", help="JSON with per-fold accuracies instead of a table")
+    p.set_defaults(run=_run_classify)
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    from swiftembed import classify
+
+    sets = classify.read_sets(args.paths)
+    try:
+        classify.require_sklearn()
+        encoders: dict[str, evaluate.Encoder] = {}
+        for name in args.models or [None]:
+            embedder = Embedder.load(name, max_tokens=args.max_tokens)
+            encoders[name or embedder.model_id] = embedder.encode
+        if args.contextual:
+            encoders[evaluate.CONTEXTUAL_NAME] = evaluate.load_contextual()
+    except evaluate.MissingExtra as exc:
+        print(f"swiftembed: error: {exc}", file=sys.stderr)
+        return 2
+    runs = {name: classify.evaluate_classification(encode, sets, c=args.c, folds=args.folds, seed=args.seed)
+            for name, encode in encoders.items()}
+    if args.json:
+        print(json.dumps({
+            "setup": {"C": args.c, "folds": args.folds, "seed": args.seed},
+            "sets": {s.name: len(s.texts) for s in sets},
+            "models": {name: {"mean": round(classify.mean_accuracy(results), 2),
+                              **{r.name: {"accuracy": round(r.accuracy, 2), "folds": [round(f, 2) for f in r.folds]}
+                                 for r in results}}
+                       for name, results in runs.items()},
+        }, indent=2))
+        return 0
+    print(f"linear probe: logistic regression C={args.c:g}, {args.folds}-fold stratified CV (seed {args.seed}); "
+          "accuracy x100")
+    width = max(len(name) for name in runs) + 2
+    print(f"{'model':<{width}}" + "".join(f"{s.name:>9}" for s in sets) + f"{'mean':>9}")
+    for name, results in runs.items():
+        cells = "".join(f"{r.accuracy:>9.2f}" for r in results)
+        print(f"{name:<{width}}{cells}{classify.mean_accuracy(results):>9.2f}")
     return 0
 
 
