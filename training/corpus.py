@@ -97,3 +97,39 @@ def _records(path: Path) -> Iterator[str]:
         raise FileNotFoundError(f"{path} is missing: install Debian's wordnet-base (apt-get install wordnet-base)")
     with path.open(encoding="utf-8", errors="replace") as handle:
         yield from (line for line in handle if not line.startswith("  "))
+
+
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z ,;:'\"()\-.!?]{10,298}[A-Za-z.!?\"')]")
+
+
+def fortune_sentences(root: Path = FORTUNES_DIR) -> Iterator[str]:
+    """Sentences of Debian's `fortunes` (BSD licence): quotations, jokes, literature, in everyday registers.
+
+    WordNet's glosses are dictionary prose; these add opinion, humour and conversation, the registers a general
+    model meets. Each fortune is split at sentence ends; attributions ("-- Mark Twain"), ASCII art, code and
+    very short pieces are dropped.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is missing: install Debian's fortunes (apt-get install fortunes)")
+    for path in sorted(p for p in root.iterdir() if p.is_file() and not p.suffix):
+        text = path.read_text(encoding="utf-8", errors="replace").replace("\x08", "")
+        for fortune in text.split("\n%\n"):
+            lines = [line.strip() for line in fortune.splitlines() if not line.strip().startswith("--")]
+            for sentence in _SENTENCE_END.split(" ".join(line for line in lines if line)):
+                sentence = " ".join(sentence.split())
+                if _PLAIN.fullmatch(sentence) and len(sentence.split()) >= 3:
+                    yield sentence
+
+
+def wordnet_lemmas(root: Path = WORDNET_DIR) -> list[str]:
+    """Every distinct WordNet lemma ("dog", "kick the bucket"), spaces for underscores, sorted.
+
+    Words and collocations alone: the teacher's vector of a word by itself is the clearest target for its row.
+    """
+    lemmas: set[str] = set()
+    for part in PARTS:
+        for line in _records(root / f"index.{part}"):
+            lemmas.add(line.split(" ", 1)[0].replace("_", " "))
+    return sorted(lemmas)
