@@ -99,8 +99,8 @@ def check_service_routes(url: str, embedder) -> None:
         assert info["model"] == embedder.model_id and info["checksum"] == embedder.checksum
         assert info["dimension"] == 256 and info["max_tokens"] == 512 and info["limits"]["max_texts"] >= 1
         spec = http.get("/openapi.json").json()
-        assert set(spec["paths"]) == {"/v1/embeddings", "/embed", "/embed/jsonl", "/embed/chunks", "/embed_sparse", "/similarity",
-                                      "/tokenize",
+        assert set(spec["paths"]) == {"/v1/embeddings", "/embed", "/embed/jsonl", "/embed/chunks", "/embed_sparse",
+                                      "/similarity", "/tokenize",
                                       "/health", "/info", "/metrics", "/openapi.json", "/v1/models",
                                       "/v1/models/{model}"}
 

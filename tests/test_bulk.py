@@ -188,7 +188,8 @@ def test_npy_output_from_stdin_streams(tmp_path, embedder, monkeypatch):
     assert main(["encode", "-o", str(target), "--chunk-size", "2"]) == 0
     np.testing.assert_array_equal(np.load(target), embedder.encode(["first", "second", "", "fourth"]))
     header = target.read_bytes()[:128]
-    assert header.startswith(b"\x93NUMPY") and header.endswith(b"\n") and np.load(target, mmap_mode="r").shape == (4, 256)
+    assert header.startswith(b"\x93NUMPY") and header.endswith(b"\n")
+    assert np.load(target, mmap_mode="r").shape == (4, 256)
 
 
 BAD_JSONL = '{"body": "one"}\n{"body": "two"}\nnot json\n{"other": 1}\n\n{"body": "three"}\n'

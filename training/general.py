@@ -30,21 +30,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from swiftembed.embedder import Embedder
 from swiftembed.evaluate import read_pairs
 from swiftembed.model import DEFAULT_MODEL_DIR
-from training.corpus import fortune_sentences, wordnet_antonyms, wordnet_lemmas, wordnet_sentences
+from training.corpus import fortune_sentences, wordnet_lemmas, wordnet_sentences
 from training.train import (
     STSB_TRAIN,
     Batches,
-    add_negation_phrases,
     cosent_loss,
     pair_spearman,
+    save_model,
     split_pairs,
+    start_run,
     teacher_vectors,
-    write_model,
 )
 
 log = logging.getLogger("swiftembed.general")
@@ -251,20 +250,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-negation-phrases", dest="negation_phrases", action="store_false")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    start_run(args)
     result = train(args)
-    table, summary = result["table"], result["summary"]
-    tokenizer = Tokenizer.from_file(str(args.base / "tokenizer.json"))
-    summary["negation_phrases"] = 0
-    if args.negation_phrases:
-        tokenizer, table, summary["negation_phrases"] = add_negation_phrases(
-            tokenizer, result["base"], table, wordnet_antonyms()
-        )
-    write_model(args.out, args.base, tokenizer, table, args.dtype)
+    table, summary = save_model(args, result)
     summary["final_sts_val"] = round(pair_spearman(Embedder.load(args.out), result["validation"]), 2)
     write_records(args.out, args.base, table.shape[0], table.shape[1], summary, args.dtype)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))

@@ -247,6 +247,29 @@ antonym; their rows (ids from {first_phrase_id}) are the sum of the antonym's to
 """
 
 
+def start_run(args: argparse.Namespace) -> None:
+    """Logging, and torch's thread count when `--threads` sets one."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def save_model(args: argparse.Namespace, result: dict) -> tuple[np.ndarray, dict]:
+    """The trained rows plus the "not X" phrase rows (unless `--no-negation-phrases`), written to `args.out` as a
+    model2vec directory; returns the final table and the run's summary."""
+    table, summary = result["table"], result["summary"]
+    tokenizer = Tokenizer.from_file(str(args.base / "tokenizer.json"))
+    summary["negation_phrases"] = 0
+    if args.negation_phrases:
+        tokenizer, table, summary["negation_phrases"] = add_negation_phrases(
+            tokenizer, result["base"], table, wordnet_antonyms()
+        )
+    write_model(args.out, args.base, tokenizer, table, args.dtype)
+    return table, summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -265,20 +288,9 @@ def main() -> None:
     parser.add_argument("--no-negation-phrases", dest="negation_phrases", action="store_false",
                         help='skip the "not X" phrase rows (see add_negation_phrases)')
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    start_run(args)
     result = train(args)
-    table, summary = result["table"], result["summary"]
-    tokenizer = Tokenizer.from_file(str(args.base / "tokenizer.json"))
-    summary["negation_phrases"] = 0
-    if args.negation_phrases:
-        tokenizer, table, summary["negation_phrases"] = add_negation_phrases(
-            tokenizer, result["base"], table, wordnet_antonyms()
-        )
-    write_model(args.out, args.base, tokenizer, table, args.dtype)
+    table, summary = save_model(args, result)
     summary["final_validation_spearman"] = round(pair_spearman(Embedder.load(args.out), result["validation"]), 2)
     write_records(args.out, args.base, table, summary, args.dtype)
     print(json.dumps(summary, indent=2))
