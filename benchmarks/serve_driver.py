@@ -45,8 +45,7 @@ from swiftembed import Embedder  # noqa: E402
 from swiftembed.frontdoor import Answer  # noqa: E402
 from swiftembed.serve import APP_NAME, DEPLOYMENT_NAME, NAMESPACE, SwiftEmbedDeployment  # noqa: E402
 
-OPTIONS = {"num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5},
-           "logging_config": {"enable_access_log": False}}  # as SwiftEmbedDeployment's own default
+OPTIONS = {"num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5}}
 
 
 class NoOpReplica(SwiftEmbedDeployment.func_or_class):  # type: ignore[misc,name-defined]

@@ -153,9 +153,11 @@ def in_flight_policy(ctx: AutoscalingContext) -> tuple[float, dict[str, Any]]:
     health_check_period_s=1,
     health_check_timeout_s=10,
     user_config=DEFAULT_BATCH,
-    # Serve's access log writes a line per request from the replica: a tenth of a one-text request's cost.
-    # Turn it on per deployment (`logging_config: {enable_access_log: true}` in the Serve config) when wanted.
-    logging_config={"enable_access_log": False},
+    # Serve's access log writes a line per request from the replica: a tenth of a one-text request's cost. Below
+    # WARNING, Ray still builds that line's log record for every request even with the access log off (measured:
+    # 9% more one-text requests/s at 64 connections at WARNING). For per-request lines and Ray's INFO logs, set
+    # `logging_config: {log_level: INFO, enable_access_log: true}` on the deployment in the Serve config.
+    logging_config={"enable_access_log": False, "log_level": "WARNING"},
 )
 @serve.ingress()
 class SwiftEmbedDeployment:
