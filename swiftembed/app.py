@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope
 from swiftembed import __version__, wire
 from swiftembed.batching import Backend, Batcher, Pooled
 from swiftembed.catalog import Catalog, Served, UnknownModel
+from swiftembed.chunking import finish_chunks
 from swiftembed.embedder import Embedder
 from swiftembed.frontdoor import JSON, Answer, FrontDoor, Routes, Stream, error_answer, header, media_type
 from swiftembed.metrics import Metrics, NoMetrics
@@ -190,19 +191,16 @@ class EmbeddingApi:
         embedder = served.embedder
         req = wire.parse_chunks(body, self.settings, embedder.dim, embedder.max_tokens)
         chunked = await self.backend.chunk(req.texts, req.chunk_tokens, req.overlap_tokens, served)
-        counts = [n for text in chunked for n in text.counts]
-        sums = np.concatenate([text.sums for text in chunked])
-        vectors = embedder.finish(sums, tokens=counts, normalize=req.options.normalize,
-                                  dimensions=req.options.dimensions, inplace=True)
-        tokens = sum(counts)
+        vectors = finish_chunks(embedder, chunked, normalize=req.options.normalize, dimensions=req.options.dimensions)
+        tokens = sum(sum(text.counts) for text in chunked)
         spans = [text.spans for text in chunked]
         if any(kind in header(scope, b"accept") for kind in JSONL_ACCEPT):  # streamed: very long answers
             stream = Stream()
-            stream.texts, stream.tokens = len(counts), tokens
+            stream.texts, stream.tokens = len(vectors), tokens
             stream.chunks = _blocks(wire.chunk_lines(spans, vectors, req.encoding_format))
             return Answer(stream, JSONL, tokens=tokens, model=served.name)
         answer = wire.chunks_body(spans, vectors, served.model_id, tokens, req.encoding_format)
-        return Answer(answer, texts=len(counts), tokens=tokens, model=served.name)
+        return Answer(answer, texts=len(vectors), tokens=tokens, model=served.name)
 
     async def embed_sparse(self, scope: Scope, receive: Receive) -> Answer:
         """TEI's /embed_sparse: per text its distinct token ids with weights (swiftembed/sparse.py), the lexical

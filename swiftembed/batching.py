@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 import anyio
@@ -113,9 +113,13 @@ class Batcher:
     async def chunk(self, texts: list[str], chunk_tokens: int, overlap_tokens: int, model: Served) -> list[ChunkedText]:
         """Each document's chunk sums from one pass over it (swiftembed/chunking.py). Not batched across requests:
         a document is a batch of its own; long ones go to a worker thread so the event loop keeps serving."""
-        if sum(map(len, texts)) >= self.offload_chars:
+        if self.long_documents(texts):
             return await anyio.to_thread.run_sync(chunk_sums, model.embedder, texts, chunk_tokens, overlap_tokens)
         return chunk_sums(model.embedder, texts, chunk_tokens, overlap_tokens)
+
+    def long_documents(self, texts: Sequence[str]) -> bool:
+        """Whether documents to chunk are long enough to chunk in a worker thread."""
+        return sum(map(len, texts)) >= self.offload_chars
 
     async def sparse(self, texts: list[str], model: Served) -> tuple[list[SparseVector], int]:
         """Sparse vectors and the token count: tokenization and one np.unique, not batched across requests (no

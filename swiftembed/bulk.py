@@ -397,16 +397,11 @@ def _chunk_rows(
     options: dict[str, object],
 ) -> tuple[list[int], np.ndarray, Spans]:
     """One step's chunk rows: ids, vectors (finished as one batch) and spans."""
-    from swiftembed.chunking import chunk_sums
+    from swiftembed.chunking import chunk_sums, finish_chunks
 
     chunked = chunk_sums(embedder, texts, chunk_tokens, overlap_tokens)
     ids = [record.line for record, one in zip(step, chunked) for _ in range(len(one))]
-    if not ids:
-        width, dtype = output_shape(embedder.dim, options.get("dimensions"), options.get("precision", "float32"))  # type: ignore[arg-type]
-        empty = np.zeros(0, dtype=np.int64)
-        return ids, np.zeros((0, width), dtype=dtype), Spans(empty, empty, empty)
-    sums = np.concatenate([one.sums for one in chunked if len(one)])
-    vectors = embedder.finish(sums, tokens=[n for one in chunked for n in one.counts], inplace=True, **options)  # type: ignore[arg-type]
+    vectors = finish_chunks(embedder, chunked, **options)  # type: ignore[arg-type]
     spans = np.array([span for one in chunked for span in one.spans], dtype=np.int64).reshape(-1, 2)
     index = np.concatenate([np.arange(len(one), dtype=np.int64) for one in chunked])
     return ids, vectors, Spans(index, spans[:, 0], spans[:, 1])

@@ -139,19 +139,31 @@ def chunk_texts(
         )[0]
     embedder.check_options(dimensions, precision)
     chunked = chunk_sums(embedder, texts, chunk_tokens, overlap_tokens)
-    counts = [n for one in chunked for n in one.counts]
-    if not counts:
-        return [[] for _ in chunked]
-    sums = np.concatenate([one.sums for one in chunked]) if len(chunked) > 1 else chunked[0].sums
-    vectors = embedder.finish(
-        sums, tokens=counts, normalize=normalize, dimensions=dimensions, precision=precision, inplace=True
-    )
+    vectors = finish_chunks(embedder, chunked, normalize=normalize, dimensions=dimensions, precision=precision)
     out: list[list[Chunk]] = []
     row = 0
     for one in chunked:
         out.append([Chunk(start, end, vectors[row + k]) for k, (start, end) in enumerate(one.spans)])
         row += len(one)
     return out
+
+
+def finish_chunks(
+    embedder: Embedder,
+    chunked: Sequence[ChunkedText],
+    *,
+    normalize: bool | None = None,
+    dimensions: int | None = None,
+    precision: Precision = "float32",
+) -> np.ndarray:
+    """Every chunk's vector, all texts' chunks in text order, from one `Embedder.finish` call over their sums (the
+    options as for `Embedder.encode`); the sums are reused in place."""
+    if len(chunked) == 1:
+        sums = chunked[0].sums
+    else:
+        sums = np.concatenate([one.sums for one in chunked]) if chunked else np.zeros((0, embedder.dim), np.float32)
+    return embedder.finish(sums, tokens=[n for one in chunked for n in one.counts], normalize=normalize,
+                           dimensions=dimensions, precision=precision, inplace=True)
 
 
 def chunk_sums(

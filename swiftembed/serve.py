@@ -221,9 +221,7 @@ class SwiftEmbedDeployment:
         `UnknownModel` (a KeyError)."""
         served = self.catalog.get(model)
         single = isinstance(texts, str)
-        batch = [texts] if single else list(texts)
-        if not all(isinstance(t, str) for t in batch):
-            raise TypeError("texts must be a string or a list of strings")
+        batch = _text_list(texts)
         embedder = served.embedder
         embedder.check_options(dimensions, precision)
         self.api.load.enter()  # handle calls are load too
@@ -255,8 +253,8 @@ class SwiftEmbedDeployment:
                                  dimensions=dimensions, precision=precision)
         self.api.load.enter()
         try:
-            if sum(map(len, [texts] if isinstance(texts, str) else texts)) >= self.batcher.offload_chars:
-                return await anyio.to_thread.run_sync(call)  # long documents: the event loop keeps serving
+            if self.batcher.long_documents([texts] if isinstance(texts, str) else texts):
+                return await anyio.to_thread.run_sync(call)  # the event loop keeps serving
             return call()
         finally:
             self.api.load.exit()
@@ -265,9 +263,7 @@ class SwiftEmbedDeployment:
         """Sparse lexical vectors, `SparseVector(indices, values)`, as `Embedder.sparse` gives them (one string: its
         vector): what /embed_sparse answers, for hybrid search beside `embed`."""
         served = self.catalog.get(model)
-        batch = [texts] if isinstance(texts, str) else list(texts)
-        if not all(isinstance(t, str) for t in batch):
-            raise TypeError("texts must be a string or a list of strings")
+        batch = _text_list(texts)
         self.api.load.enter()
         try:
             vectors, _ = await self.batcher.sparse(batch, served)
@@ -291,6 +287,14 @@ class SwiftEmbedDeployment:
                        for m in self.catalog],
             "pid": os.getpid(), "batch": self.batch_config, "largest_batch_requests": self.batcher.largest_batch,
         }
+
+
+def _text_list(texts: str | list[str]) -> list[str]:
+    """A handle call's texts as a list (one string: a list of one), each checked to be a string."""
+    batch = [texts] if isinstance(texts, str) else list(texts)
+    if not all(isinstance(t, str) for t in batch):
+        raise TypeError("texts must be a string or a list of strings")
+    return batch
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:

@@ -104,17 +104,17 @@ def token_weights(embedder: Embedder, kind: str = "norm") -> np.ndarray:
     cache = _CACHE.setdefault(embedder, {})
     if kind not in cache:
         vocab = embedder.vocab_size
+        norms = row_norms(embedder)
         if kind == "one":
             weights = np.ones(vocab, dtype=np.float32)
         elif kind == "rank":  # Zipf: -log p(rank) grows like log(rank)
             weights = np.log(np.arange(vocab, dtype=np.float32) + 2)
         else:
-            norms = row_norms(embedder)
             power = {"norm": 1.0, "norm2": 2.0, "sqrtnorm": 0.5, "qnorm": 0.25}[kind]
             weights = norms if power == 1.0 else norms**power
         weights = np.array(weights, dtype=np.float32)
         weights[special_ids(embedder)] = 0.0
-        weights[row_norms(embedder) == 0] = 0.0
+        weights[norms == 0] = 0.0
         cache[kind] = weights
     return cache[kind]
 

@@ -261,7 +261,7 @@ def chunk_lines(spans: Sequence[Sequence[tuple[int, int]]], vectors: np.ndarray,
         if encoding_format == "base64":
             rows = [b'"%s"' % base64.b64encode(_le_f32(row)) for row in part]
         else:
-            rows = [b"[%s]" % row for row in orjson.dumps(part, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")]
+            rows = [b"[%s]" % row for row in _json_rows(part)]
         yield b"".join(
             b'{"text":%d,"chunk":%d,"start":%d,"end":%d,"embedding":%s}\n' % (*key, row)
             for key, row in zip(keys[at : at + block], rows)
@@ -346,8 +346,12 @@ def jsonl_lines(indices: Sequence[int], vectors: np.ndarray) -> bytes:
     """`{"index": i, "embedding": [...]}` lines for many rows from one orjson call on the whole array."""
     if not len(vectors):
         return b""
-    rows = orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
-    return b"".join(b'{"index":%d,"embedding":[%s]}\n' % (i, row) for i, row in zip(indices, rows))
+    return b"".join(b'{"index":%d,"embedding":[%s]}\n' % (i, row) for i, row in zip(indices, _json_rows(vectors)))
+
+
+def _json_rows(vectors: np.ndarray) -> list[bytes]:
+    """Each row's JSON numbers (without brackets) from one orjson call on the whole (non-empty) array."""
+    return orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
 
 
 def sparse_body(vectors: Sequence[tuple[np.ndarray, np.ndarray]]) -> bytes:

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from swiftembed.embedder import Embedder
-from swiftembed.evaluate import read_pairs
 from swiftembed.model import DEFAULT_MODEL_DIR
 from training.corpus import fortune_sentences, wordnet_lemmas, wordnet_sentences
 from training.train import (
@@ -41,7 +40,7 @@ from training.train import (
     cosent_loss,
     pair_spearman,
     save_model,
-    split_pairs,
+    seeded_start,
     start_run,
     teacher_vectors,
 )
@@ -95,14 +94,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     import torch
     import torch.nn.functional as F
 
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    base = Embedder.load(args.base)
-    if base.model.mapping is not None or base.model.weights is not None:
-        raise SystemExit("the base must be a plain table (no vocabulary quantization or weights)")
-
-    fit, val = split_pairs(read_pairs(args.stsb), args.seed)
-    held = {p.a for p in val} | {p.b for p in val}
+    rng, base, fit, val, held = seeded_start(args)
     sources = build_corpus(args, held, sorted({s for p in fit for s in (p.a, p.b)} - held))
     corpus = [t for part in sources.values() for t in part]
     teacher_all = teacher_vectors(corpus)

@@ -89,18 +89,25 @@ def cosent_loss(cos, labels, scale: float = 20.0):
     return torch.logsumexp(torch.cat([diff.new_zeros(1), diff]), dim=0)
 
 
-def train(args: argparse.Namespace) -> dict[str, object]:
+def seeded_start(args: argparse.Namespace) -> tuple[np.random.Generator, Embedder, list[Pair], list[Pair], set[str]]:
+    """What both training commands start from: torch and numpy seeded, the base model (a plain table), STS-B
+    train split into fitted and validation pairs, and the validation sentences (kept out of every training text)."""
     import torch
-    import torch.nn.functional as F
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     base = Embedder.load(args.base)
     if base.model.mapping is not None or base.model.weights is not None:
         raise SystemExit("the base must be a plain table (no vocabulary quantization or weights)")
-
     fit, val = split_pairs(read_pairs(args.stsb), args.seed)
-    held = {p.a for p in val} | {p.b for p in val}
+    return rng, base, fit, val, {p.a for p in val} | {p.b for p in val}
+
+
+def train(args: argparse.Namespace) -> dict[str, object]:
+    import torch
+    import torch.nn.functional as F
+
+    rng, base, fit, val, held = seeded_start(args)
     sts_sentences = sorted({s for p in fit for s in (p.a, p.b)} - held)
     corpus = sts_sentences + sample_sentences(args.wordnet, args.seed, exclude=held | set(sts_sentences))
     teacher = torch.from_numpy(teacher_vectors(corpus))
