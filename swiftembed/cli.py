@@ -25,6 +25,7 @@ from swiftembed.bulk import (
 )
 from swiftembed.catalog import BUNDLED, Catalog
 from swiftembed.embedder import Embedder
+from swiftembed.ingress import INGRESSES
 from swiftembed.model import ModelError
 from swiftembed.pooling import PRECISIONS
 from swiftembed.settings import Settings, read_key_file
@@ -219,9 +220,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Limits and auth also read SWIFTEMBED_* environment variables (see Settings); flags win.",
     )
     p.add_argument("--standalone", action="store_true", help="one uvicorn process, no Ray")
-    p.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
-                   help="Ray Serve ingress: HAProxy straight to the replicas (default; falls back to the proxy "
-                   "when HAProxy is missing), or Ray's default Python proxy")
+    p.add_argument("--ingress", choices=INGRESSES, default="replica",
+                   help="how HTTP reaches the replicas: each replica answers on --port itself (default), Ray's "
+                   "HAProxy ingress (falls back to the proxy when HAProxy is missing), or Ray's Python proxy")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (default 1)")
     p.add_argument("--metrics-port", type=int, default=8080, help="Ray's metrics export port (default 8080)")
     p.add_argument("--host", default="127.0.0.1")
@@ -248,7 +249,7 @@ def _add_env(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="the environment Ray must start with for an ingress, as shell exports",
         description='For `serve run` / `ray start`: eval "$(swiftembed env)" before starting Ray.',
     )
-    p.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy")
+    p.add_argument("--ingress", choices=INGRESSES, default="replica")
     p.add_argument("--port", type=int, default=8000, help="the service's port (names HAProxy's file directory)")
     p.set_defaults(run=_run_env)
 

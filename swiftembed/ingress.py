@@ -1,7 +1,13 @@
-"""How HTTP reaches the replicas: Ray Serve's HAProxy ingress (the default) or its Python proxy.
+"""How HTTP reaches the replicas: each replica's own server (the default), Ray's HAProxy ingress, or its proxy.
 
-`serve_environment` is what Ray must start with for either; Ray reads it when it starts, so this module imports
-no Ray. The HAProxy ingress is also kept to the service's address and lifetime. Ray starts HAProxy as a child of
+`replica`: every replica runs SwiftEmbed's front door under uvicorn on its own event loop, on a port all the
+replicas of a node share (SO_REUSEPORT: the kernel spreads connections across them), as Ray's own direct ingress
+does on ports of its own; Ray Serve still places, health-checks, upgrades and autoscales the replicas, and Ray's
+HTTP proxy is not started. No proxy hop and none of Ray's per-request work: 2-2.7x the HAProxy ingress's
+requests/s for one text here (docs/operations.md). `ReplicaServer` is that server.
+
+`serve_environment` is what Ray must start with for each ingress; Ray reads it when it starts, so this module
+imports no Ray. The HAProxy ingress is also kept to the service's address and lifetime. Ray starts HAProxy as a child of
 a Ray worker, with a config whose stats (8404) and Prometheus (9101) listeners bind every interface whatever the
 service's host, and a cluster stopped by SIGTERM kills that worker while the orphaned HAProxy keeps listening.
 Ray runs whatever `RAY_SERVE_HAPROXY_BINARY_PATH` names, so `swiftembed-haproxy` (`haproxy_main`) is that
@@ -11,21 +17,80 @@ dies, and execs the real binary with the same arguments.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import re
 import shutil
 import signal
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import uvicorn
+from starlette.types import ASGIApp
+
 WRAPPER = "swiftembed-haproxy"
-INGRESSES = ("haproxy", "proxy")
+INGRESSES = ("replica", "haproxy", "proxy")
 # Serve's own latency histograms start at 1 ms by default; a static model lives below that.
 SERVE_LATENCY_BUCKETS_MS = "0.1,0.25,0.5,0.75,1,1.5,2,3,5,7.5,10,20,50,100,250,500,1000,2500,5000,10000"
 # `bind *:8404` (stats) and `bind :9101` (Prometheus) as Ray's template writes them.
 WILDCARD_BIND = re.compile(r"^(\s*bind\s+)\*?:(\d+)\s*$", re.M)
 FRONTEND_BIND = re.compile(r"^frontend http_frontend\s*\n\s*bind\s+(\S+):\d+", re.M)
 PR_SET_PDEATHSIG = 1
+log = logging.getLogger("ray.serve")
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port that every replica on the node can bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class _ReplicaUvicorn(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # a replica's signals are Ray's: uvicorn must not take SIGTERM or SIGINT from it
+
+
+class ReplicaServer:
+    """A replica's own HTTP server: `app` under uvicorn on the running event loop, on a port shared with the node's
+    other replicas. `stop` is the graceful end for the replica's shutdown: stop accepting, close idle keep-alive
+    connections, finish the requests in flight (their answers say `Connection: close`)."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int, *, keep_alive_s: float = 30.0) -> None:
+        self.address = (host, port)
+        config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning", loop="none",
+                                timeout_keep_alive=keep_alive_s)
+        self.server = _ReplicaUvicorn(config)
+        self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[shared_socket(host, port)]))
+
+    def check(self) -> None:
+        """Raise when the server has stopped: Serve's health check then replaces the replica."""
+        if self.task.done():
+            raise RuntimeError(f"the replica's HTTP server on {self.address[0]}:{self.address[1]} has stopped")
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        self.server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), timeout_s)
+        except TimeoutError:
+            log.warning("the replica's HTTP server did not stop within %.0f s; closing it", timeout_s)
+            self.task.cancel()
+        except Exception:  # it stopped: how is for the log
+            log.exception("the replica's HTTP server failed")
 
 
 def real_binary() -> str | None:
@@ -72,13 +137,15 @@ def haproxy_missing() -> str | None:
     return None
 
 
-def serve_environment(ingress: str = "haproxy", port: int = 8000) -> dict[str, str]:
-    """Environment Ray must start with: sub-ms Serve latency buckets, and for `haproxy` Ray's HAProxy ingress.
+def serve_environment(ingress: str = "replica", port: int = 8000) -> dict[str, str]:
+    """Environment Ray must start with: sub-ms Serve latency buckets, and what the ingress needs.
 
-    HAProxy forwards each request straight to an HTTP server inside a replica; Ray's default proxy (`proxy`)
-    instead relays every request through a Python actor and costs ~10x more per request (docs/operations.md).
-    HAProxy's files go to a directory of this service's own, so two services on a host do not share them (its
-    stats and Prometheus ports are RAY_SERVE_HAPROXY_STATS_PORT / _METRICS_PORT, 8404 and 9101 by default).
+    `replica` and `haproxy` both run Ray's throughput profile (replica code on the replica's main loop, gRPC
+    between handles and replicas); `replica` turns off Ray's own per-replica HTTP servers, which only HAProxy
+    uses. Ray's default proxy (`proxy`) relays every request through a Python actor and costs ~10x more per
+    request (docs/operations.md). HAProxy's files go to a directory of this service's own, so two services on a
+    host do not share them (its stats and Prometheus ports are RAY_SERVE_HAPROXY_STATS_PORT / _METRICS_PORT, 8404
+    and 9101 by default).
     """
     env = {
         "RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS": SERVE_LATENCY_BUCKETS_MS,
@@ -86,7 +153,9 @@ def serve_environment(ingress: str = "haproxy", port: int = 8000) -> dict[str, s
         # CPU from the replicas first; here the replicas are the service.
         "RAY_worker_niceness": "0",
     }
-    if ingress == "haproxy":
+    if ingress == "replica":
+        env.update({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"})
+    elif ingress == "haproxy":
         files = f"/tmp/swiftembed-haproxy-{port}"
         env.update({
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -105,7 +174,11 @@ def serve_environment(ingress: str = "haproxy", port: int = 8000) -> dict[str, s
 
 
 def choose_ingress(ingress: str) -> str:
-    """`haproxy` where it can run, else Ray's default proxy with one line saying why and how to fix it."""
+    """The ingress asked for where it can run; else the next best, with one line saying why and how to fix it."""
+    if ingress == "replica" and not hasattr(socket, "SO_REUSEPORT"):
+        print("swiftembed: this platform has no SO_REUSEPORT for replicas to share a port; serving through "
+              "Ray's HAProxy ingress", file=sys.stderr, flush=True)
+        ingress = "haproxy"
     if ingress == "haproxy" and (reason := haproxy_missing()):
         print(f"swiftembed: {reason}; serving through Ray's default proxy (much slower)", file=sys.stderr, flush=True)
         return "proxy"

@@ -32,7 +32,7 @@ from swiftembed.app import EmbeddingApi
 from swiftembed.batching import Batcher, Pooled
 from swiftembed.catalog import Catalog
 from swiftembed.chunking import Chunk
-from swiftembed.ingress import choose_ingress, serve_environment
+from swiftembed.ingress import ReplicaServer, choose_ingress, serve_environment
 from swiftembed.metrics import BATCH_BUCKETS, KERNEL_BUCKETS_MS, LATENCY_BUCKETS_MS
 from swiftembed.pooling import Precision
 from swiftembed.settings import Settings
@@ -170,10 +170,13 @@ class SwiftEmbedDeployment:
         max_tokens: int | None = -1,
         settings: dict[str, Any] | None = None,
         share_table: bool = True,
+        http_port: int | None = None,
+        http_host: str = "0.0.0.0",
     ) -> None:
         """`models`: model specs (see `Catalog.load`; default the bundled models), the first the default unless
         `default_model` names another. `share_table=False` keeps private tables (for comparison, or without an
-        object store)."""
+        object store). `http_port`: the replica answers HTTP itself on http_host:http_port, a port shared with the
+        node's other replicas (the `replica` ingress, swiftembed/ingress.py)."""
         self.tables = SharedTables() if share_table else None
         self.catalog = Catalog.load(models, default=default_model, max_tokens=max_tokens, table=self.tables)
         self.settings = Settings.from_env(**(settings or {}))
@@ -182,6 +185,7 @@ class SwiftEmbedDeployment:
         self.api = EmbeddingApi(self.catalog, self.batcher, self.settings, self.metrics)
         self._busy_mark = (time.perf_counter(), 0.0)
         self.batch_config = dict(DEFAULT_BATCH)
+        self.http = None if http_port is None else ReplicaServer(self.api.app, http_host, http_port)
         log.info("SwiftEmbed replica ready: %s", ", ".join(
             f"{m.model_id} ({self.table_source(m.embedder.checksum)} table)" for m in self.catalog))
 
@@ -190,6 +194,16 @@ class SwiftEmbedDeployment:
 
     def __serve_build_asgi_app__(self) -> Any:
         return self.api.app
+
+    def check_health(self) -> None:
+        """Serve's periodic check: a replica whose own HTTP server stopped is replaced."""
+        if self.http is not None:
+            self.http.check()
+
+    async def __del__(self) -> None:
+        """Serve's graceful stop: the replica's own server finishes what it has in flight first."""
+        if getattr(self, "http", None) is not None:
+            await self.http.stop()
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """This replica's load, sampled by Serve for `in_flight_policy`: requests in it now (HTTP at the front door
@@ -301,15 +315,17 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """Application builder for `serve run` / `serve deploy` / RayService: `import_path: swiftembed.serve:build_app`.
 
     args: `models` (a list of model specs, directories, bundled names or Hub ids, `NAME=SOURCE` to rename; default
-    the bundled models) or `model` (one), `default_model` (default the first), `max_tokens`, and any Settings field
-    (e.g. `max_texts`, `api_key`) to override the SWIFTEMBED_* environment.
+    the bundled models) or `model` (one), `default_model` (default the first), `max_tokens`, `http_port` and
+    `http_host` (each replica answers HTTP there itself: the `replica` ingress; with `proxy_location: Disabled`),
+    and any Settings field (e.g. `max_texts`, `api_key`) to override the SWIFTEMBED_* environment.
     """
     args = dict(args or {})
     models = model_specs(args.pop("models", None), args.pop("model", None))
     default_model = args.pop("default_model", None)
     max_tokens = args.pop("max_tokens", -1)
+    http = {key: args.pop(key) for key in ("http_port", "http_host") if key in args}
     return SwiftEmbedDeployment.bind(  # type: ignore[attr-defined]
-        models=models, default_model=default_model, max_tokens=max_tokens, settings=args
+        models=models, default_model=default_model, max_tokens=max_tokens, settings=args, **http
     )
 
 
@@ -336,28 +352,33 @@ def run_local(
     settings: Settings | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
-    ingress: str = "haproxy",
+    ingress: str = "replica",
     num_replicas: int = 1,
     metrics_port: int = 8080,
 ) -> None:
     """Start a local Ray and Serve SwiftEmbed on host:port until interrupted (Ctrl-C or SIGTERM)."""
     ingress = choose_ingress(ingress)
-    if ingress == "proxy":  # also when HAProxy was asked for in the environment but cannot run here
-        for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
-            os.environ.pop(key, None)
+    if ingress != "haproxy":  # also when HAProxy was asked for in the environment but is not what runs
+        os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+    if ingress == "proxy":
+        os.environ.pop("RAY_SERVE_THROUGHPUT_OPTIMIZED", None)
     for key, value in serve_environment(ingress, port).items():
         os.environ.setdefault(key, value)
     overrides = {} if settings is None else {k: v for k, v in vars(settings).items() if v != getattr(Settings(), k)}
     cpus = min(1.0, (os.cpu_count() or 1) / max(num_replicas, 1))  # several replicas must fit a small machine
     app = SwiftEmbedDeployment.options(  # type: ignore[attr-defined]
         num_replicas=num_replicas, ray_actor_options={"num_cpus": cpus}
-    ).bind(models=models, default_model=default_model, max_tokens=max_tokens, settings=overrides)
+    ).bind(models=models, default_model=default_model, max_tokens=max_tokens, settings=overrides,
+           **({"http_port": port, "http_host": host} if ingress == "replica" else {}))
     ray.init(namespace=NAMESPACE, include_dashboard=False, _metrics_export_port=metrics_port)
     # SIGTERM (kill, systemd, a container stop) takes the same path out as Ctrl-C, also while starting: Serve,
     # HAProxy and Ray stop. Set after ray.init, which installs a handler of its own that exits without stopping Serve.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        serve.start(http_options={"host": host, "port": port})
+        if ingress == "replica":  # the replicas answer on host:port themselves; Ray's HTTP proxy is not needed
+            serve.start(proxy_location="Disabled")
+        else:
+            serve.start(http_options={"host": host, "port": port})
         serve.run(app, name=APP_NAME, route_prefix="/")
         print(f"SwiftEmbed on Ray Serve ({ingress} ingress): http://{host}:{port} (metrics on :{metrics_port}); "
               "Ctrl-C stops", flush=True)

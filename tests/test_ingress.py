@@ -1,5 +1,6 @@
-"""`swiftembed serve` as the README starts it: HAProxy ingress by default, bound where the service is bound, stopped
-with the service; Ray's default proxy when HAProxy is missing, said in one line. Each test runs the real command
+"""`swiftembed serve` as the README starts it: each replica answering on the service's port itself by default; Ray's
+HAProxy ingress as the option, bound where the service is bound and stopped with it; Ray's default proxy when
+HAProxy is missing, said in one line. Each test runs the real command
 (its own local Ray) in a subprocess and talks to it over HTTP on 127.0.0.1."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -76,9 +78,54 @@ def _listening(pids: set[int]) -> list[tuple[str, int, int]]:
             if c.status == "LISTEN" and c.pid in pids]
 
 
+def _alive(pids: set[int]) -> list[int]:
+    return [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+
+def _wait_gone(pids: set[int], timeout: float = 30) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pids):
+        time.sleep(0.2)
+    return _alive(pids)
+
+
+def test_serve_replicas_answer_on_the_port_themselves_and_stop_with_it(tmp_path, embedders):
+    """The default: two replicas share the service's port (each its own listener, bound to 127.0.0.1), connections
+    reach both, no HAProxy or Ray proxy runs, and SIGTERM stops everything and frees the port."""
+    log = tmp_path / "serve.log"
+    with serve_command("--replicas", "2", log=log) as (url, process):
+        port = int(url.rsplit(":", 1)[1])
+        api_checks.check_openai_client(url, embedders["potion-base-8M"])
+        api_checks.check_embed_routes(url, embedders["potion-base-8M"])
+        api_checks.check_models(url, embedders)
+        api_checks.check_bad_requests(url)
+        tree = psutil.Process(process.pid).children(recursive=True)
+        replicas = {p.pid for p in tree if "ServeReplica" in " ".join(p.cmdline())}
+        assert not [p for p in tree if p.name() == "haproxy"]
+        clients = [httpx.Client(base_url=url, timeout=10) for _ in range(20)]  # a keep-alive connection each
+        try:
+            assert all(c.get("/health").status_code == 200 for c in clients)
+            pids = {c.pid for c in psutil.net_connections(kind="tcp")
+                    if c.status == "ESTABLISHED" and c.laddr.port == port and c.pid in replicas}
+        finally:
+            for c in clients:
+                c.close()
+        assert len(pids) == 2, (pids, replicas)  # the kernel spread the connections over both replicas
+        listeners = _listening({p.pid for p in tree})
+        on_port = sorted((ip, pid) for ip, p, pid in listeners if p == port)
+        assert on_port == sorted(("127.0.0.1", pid) for pid in pids), listeners
+        assert not [(ip, p) for ip, p, _ in listeners if 30000 <= p < 31000], "Ray's own replica servers run"
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=90)
+    assert not _wait_gone(replicas), log.read_text()[-3000:]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=5)
+    assert "replica ingress" in log.read_text()
+
+
 def test_serve_uses_haproxy_binds_loopback_and_stops_everything(tmp_path, embedder):
     log = tmp_path / "serve.log"
-    with serve_command(log=log) as (url, process):
+    with serve_command("--ingress", "haproxy", log=log) as (url, process):
         api_checks.check_openai_client(url, embedder)
         api_checks.check_bad_requests(url)
         tree = psutil.Process(process.pid).children(recursive=True)
@@ -93,12 +140,7 @@ def test_serve_uses_haproxy_binds_loopback_and_stops_everything(tmp_path, embedd
         assert all(ip == "127.0.0.1" for ip, _ in replica_http), replica_http
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=90)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(psutil.pid_exists(pid) and psutil.Process(pid).status() !=
-                                              psutil.STATUS_ZOMBIE for pid in haproxies | replicas):
-        time.sleep(0.2)
-    alive = [pid for pid in haproxies | replicas
-             if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    alive = _wait_gone(haproxies | replicas)
     assert not alive, f"left running after SIGTERM: {alive}\n{log.read_text()[-3000:]}"
     assert "haproxy ingress" in log.read_text()
 
@@ -112,7 +154,7 @@ def test_missing_haproxy_falls_back_to_the_proxy_with_one_line(tmp_path, embedde
     path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not shutil.which("haproxy", path=d))
     env = {"PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]), "PATH": path}
     log = tmp_path / "serve.log"
-    with serve_command(env=env, log=log) as (url, _):
+    with serve_command("--ingress", "haproxy", env=env, log=log) as (url, _):
         api_checks.check_openai_client(url, embedder)
         api_checks.check_embed_routes(url, embedder)
         api_checks.check_bad_requests(url)

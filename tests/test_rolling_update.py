@@ -15,6 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.servers import free_port
+
 pytestmark = pytest.mark.ray
 
 APP = "rolling"
@@ -55,18 +57,22 @@ class SteadyLoad:
             thread.join(timeout=60)
 
 
-def test_models_user_config_and_replicas_change_under_load_without_a_failed_request(ray_serve, embedders):
+@pytest.mark.parametrize("ingress", ["replica", "haproxy"])
+def test_models_user_config_and_replicas_change_under_load_without_a_failed_request(ray_serve, embedders, ingress):
+    """Both ingresses: through HAProxy, and with each replica answering on a shared port itself (`http_port`)."""
     from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     client = _get_global_client()
-    url = f"{ray_serve.url}/{APP}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}" if ingress == "replica" else f"{ray_serve.url}/{APP}"
+    http = {"http_port": port, "http_host": "127.0.0.1"} if ingress == "replica" else {}
 
     def deploy(models: list[str], *, replicas: int = 1, batch: int = 64) -> None:
         application = {
             "name": APP, "route_prefix": f"/{APP}", "import_path": "swiftembed.serve:build_app",
-            "args": {"models": models},
+            "args": {"models": models, **http},
             "deployments": [{"name": "SwiftEmbed", "num_replicas": replicas,
                              "ray_actor_options": {"num_cpus": 0.25},
                              "user_config": {"max_batch_size": batch, "batch_wait_timeout_s": 0.0}}],
@@ -107,7 +113,7 @@ def test_models_user_config_and_replicas_change_under_load_without_a_failed_requ
             missing = httpx.post(f"{url}/v1/embeddings", json={"model": SECOND, "input": "gone"}, timeout=30)
             assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
             time.sleep(2)
-        print(f"\nFIGURES rolling: statuses {dict(load.statuses)}, slowest {load.slowest:.2f} s, "
+        print(f"\nFIGURES rolling ({ingress} ingress): statuses {dict(load.statuses)}, slowest {load.slowest:.2f} s, "
               f"model added in {added:.1f} s, removed in {removed:.1f} s")
         assert load.statuses[200] > 100, load.statuses
         assert set(load.statuses) == {200}, load.statuses
