@@ -52,7 +52,7 @@ def documents(embedder: Embedder) -> dict[int, str]:
 
 def bench(path: str, embedder: Embedder, docs: dict[int, str], duration: int, rounds: int) -> dict[str, dict]:
     port = free_port()
-    server = start_path(path, port)
+    server, _ = start_path(path, port)
     url = f"http://127.0.0.1:{port}"
     cpus = CLIENT_CPUS if PIN and path == "standalone" else None
     try:

@@ -11,9 +11,11 @@ Paths and their baselines:
   every HTTP path's figure is also given as a multiple of it.
 - `standalone`: `swiftembed serve --standalone`'s app (one uvicorn), beside a no-op handler at the same front
   door (benchmarks/noop_app.py).
-- `serve-haproxy` (what `swiftembed serve` starts) and `serve-proxy` (Ray's default proxy): SwiftEmbed on Ray
-  Serve beside a no-op deployment of the same options in the same Serve (benchmarks/serve_driver.py).
-- `serve-haproxy-x2`: the same with two replicas of ours (and one no-op replica), on the same 2 cores.
+- `serve-replica` (what `swiftembed serve` starts: each replica answers HTTP itself), `serve-haproxy` (Ray's HAProxy
+  ingress) and `serve-proxy` (Ray's default proxy): SwiftEmbed on Ray Serve beside a no-op deployment of the same
+  options in the same Serve (benchmarks/serve_driver.py).
+- `serve-replica-x2`, `serve-haproxy-x2`: the same with two replicas of ours (and one no-op replica), on the same
+  2 cores.
 - `handle`: `await handle.embed.remote(texts)` from another deployment, beside a no-op handle method.
 - `transformer` (optional, needs the `eval` extra): the standalone app with all-MiniLM-L6-v2 as its backend.
 HTTP load is wrk (Debian) on 127.0.0.1 only, at concurrency 1 and 64 for single texts and 1 and 8 for the larger
@@ -42,7 +44,7 @@ from benchmarks.shapes import SHAPES, Shape  # noqa: E402
 from tests.servers import free_port, wait_healthy  # noqa: E402
 
 CONCURRENCY = {"single": (1, 64), "batch-100": (1, 8), "jsonl-1000": (1, 8), "binary-100": (1, 8)}
-HTTP_PATHS = ("fastapi", "standalone", "serve-haproxy", "serve-proxy")
+HTTP_PATHS = ("fastapi", "standalone", "serve-replica", "serve-haproxy", "serve-proxy")
 DEFAULT_PATHS = ("library", *HTTP_PATHS, "handle")
 # One-process servers run on CPU 0 and wrk on CPU 1 (with 2+ CPUs): the scheduler cannot stack them on one core,
 # which made back-to-back runs of the same route differ by up to 20% on this 2-core VM.
@@ -53,23 +55,26 @@ APPS = {"standalone": "benchmarks.noop_app:app", "fastapi": "benchmarks.fastapi_
 FASTAPI_SHAPES = ("single", "batch-100")  # its one route takes {"texts": [...]} and answers JSON
 
 
-def start_path(path: str, port: int) -> subprocess.Popen:
+def start_path(path: str, port: int) -> tuple[subprocess.Popen, str]:
+    """The server for `path` on `port`, and the URL of its no-op route."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    noop_url = f"http://127.0.0.1:{port}/noop"
     if path in APPS:
         process = subprocess.Popen(
             [*(["taskset", "-c", SERVER_CPUS] if PIN else []), sys.executable, "-m", "uvicorn", APPS[path],
              "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "warning", "--no-access-log"], env={**env, "HF_HUB_OFFLINE": "1"}, cwd=ROOT)
         wait_healthy(f"http://127.0.0.1:{port}", timeout=180, process=process)
-        return process
+        return process, noop_url
     ingress = "haproxy" if path == "handle" else path.removeprefix("serve-").removesuffix("-x2")
     replicas = "2" if path.endswith("-x2") else "1"
     process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "serve_driver.py"), str(port), ingress,
-                                replicas],
+                                replicas, str(free_port())],
                                stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     assert process.stdout is not None
     for line in process.stdout:
-        if line.strip() == "READY":
+        if line.startswith("READY"):
+            noop_url = line.split()[1]
             break
     else:
         raise RuntimeError(f"{path}: driver exited with {process.wait()}")
@@ -77,10 +82,9 @@ def start_path(path: str, port: int) -> subprocess.Popen:
     single = SHAPES["single"]
     while time.monotonic() < deadline:  # the ingress may lag serve.run by a moment
         try:
-            url = f"http://127.0.0.1:{port}"
-            if all(httpx.post(url + p, content=single.body, headers=single.headers, timeout=2).status_code == 200
-                   for p in ("/embed", "/noop")):
-                return process
+            if all(httpx.post(url, content=single.body, headers=single.headers, timeout=2).status_code == 200
+                   for url in (f"http://127.0.0.1:{port}/embed", noop_url)):
+                return process, noop_url
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
@@ -89,7 +93,7 @@ def start_path(path: str, port: int) -> subprocess.Popen:
 
 def bench_http(path: str, shapes: list[Shape], duration: int, rounds: int) -> dict[str, dict[str, float]]:
     port = free_port()
-    server = start_path(path, port)
+    server, noop_url = start_path(path, port)
     cpus = CLIENT_CPUS if PIN and path in APPS else None
     url = f"http://127.0.0.1:{port}"
     try:
@@ -101,7 +105,7 @@ def bench_http(path: str, shapes: list[Shape], duration: int, rounds: int) -> di
             for c in (1,) if path == "transformer" else CONCURRENCY[shape.name]:
                 cases[f"{path} | {shape.name} | c{c} | ours"] = (url + shape.path, shape, c, shape.headers)
                 if path != "fastapi":  # the baseline itself
-                    cases[f"{path} | {shape.name} | c{c} | no-op"] = (url + "/noop", shape, c,
+                    cases[f"{path} | {shape.name} | c{c} | no-op"] = (noop_url, shape, c,
                                                                       {**shape.headers, "X-Shape": shape.name})
         for target, shape, c, headers in cases.values():  # warm-up
             run_wrk(target, shape.body, connections=c, duration_s=1, threads=min(c, 2), headers=headers, cpus=cpus)
@@ -132,7 +136,7 @@ def add_ratios(runs: dict[str, list[dict[str, float]]], results: dict[str, dict[
 def bench_handle(shapes: list[Shape], duration: int, rounds: int) -> dict[str, dict[str, float]]:
     """`handle.embed.remote(texts)` from another deployment vs a no-op handle method (benchmarks/serve_driver.py)."""
     port = free_port()
-    server = start_path("handle", port)
+    server, _ = start_path("handle", port)
     try:
         cases = {}
         for shape in shapes:

@@ -49,12 +49,18 @@ PATHS = {
     "library": "`Embedder.encode` in-process (one call per request)",
     "fastapi": "FastAPI + pydantic + model2vec, one uvicorn",
     "standalone": "`swiftembed serve --standalone` (one uvicorn, no Ray)",
-    "serve-haproxy": "`swiftembed serve`: Ray Serve, HAProxy ingress (the default)",
+    "serve-replica": "`swiftembed serve`: Ray Serve, each replica answering HTTP on the service's port itself "
+                     "(the default)",
+    "serve-haproxy": "`swiftembed serve --ingress haproxy`: Ray Serve's HAProxy ingress (as on KubeRay)",
     "serve-proxy": "`swiftembed serve --ingress proxy`: Ray Serve's default Python proxy",
-    "serve-haproxy-x2": "`swiftembed serve --replicas 2`: two replicas of ours on the same 2 cores",
+    "serve-replica-x2": "`swiftembed serve --replicas 2`: two replicas of ours on the same 2 cores",
+    "serve-haproxy-x2": "`swiftembed serve --ingress haproxy --replicas 2`: the same under HAProxy",
     "handle": "`await handle.embed.remote(texts)` from another deployment",
     "transformer": "the standalone app with all-MiniLM-L6-v2 as its backend",
 }
+
+
+DEFAULT_PATH = "serve-replica"  # what `swiftembed serve` starts
 
 
 def _key(path: str, shape: str, c: int, route: str) -> str:
@@ -72,15 +78,15 @@ def targets(results: dict[str, dict[str, float]]) -> list[tuple[str, str, str, b
                          f"{r['rps']:,.0f} vs {results[_key('fastapi', shape, c, 'ours')]['rps']:,.0f} req/s",
                          r["vs_fastapi"] >= want))
 
-    multiple("serve-haproxy", "single", 64, 3)
-    multiple("serve-haproxy", "batch-100", 8, 30)
-    p50 = results.get(_key("serve-haproxy", "single", 1, "ours"))
+    multiple(DEFAULT_PATH, "single", 64, 3)
+    multiple(DEFAULT_PATH, "batch-100", 8, 30)
+    p50 = results.get(_key(DEFAULT_PATH, "single", 1, "ours"))
     if p50:
-        rows.append(("serve-haproxy single c1 p50 <= 0.9 ms", f"{p50['p50_ms']:.3f} ms", "wrk, one connection",
+        rows.append((f"{DEFAULT_PATH} single c1 p50 <= 0.9 ms", f"{p50['p50_ms']:.3f} ms", "wrk, one connection",
                      p50["p50_ms"] <= 0.9))
     for name, r in results.items():
         path, shape, c, route = (part.strip() for part in name.split("|"))
-        if path in ("serve-haproxy", "serve-proxy", "handle") and route == "ours" and "ratio" in r:
+        if path in ("serve-replica", "serve-haproxy", "serve-proxy", "handle") and route == "ours" and "ratio" in r:
             rows.append((f"{path} {shape} {c} >= 90% of no-op", f"{100 * r['ratio']:.0f}%",
                          f"{100 * r['ratio_min']:.0f}-{100 * r['ratio_max']:.0f}% over rounds", r["ratio"] >= 0.9))
     multiple("standalone", "single", 64, 10)
@@ -160,25 +166,28 @@ def scale_section(results: dict[str, dict[str, float]]) -> list[str]:
     rows = []
     for name, two in results.items():
         path, shape, c, route = (part.strip() for part in name.split("|"))
-        one = results.get(_key("serve-haproxy", shape, int(c[1:]), route))
-        if path != "serve-haproxy-x2" or not one:
+        base = path.removesuffix("-x2")
+        one = results.get(_key(base, shape, int(c[1:]), route))
+        if not path.endswith("-x2") or not one:
             continue
-        rows.append(f"| {shape} | {c[1:]} | {route} | {one['rps']:,.0f} | {two['rps']:,.0f} | "
+        rows.append(f"| {base} | {shape} | {c[1:]} | {route} | {one['rps']:,.0f} | {two['rps']:,.0f} | "
                     f"{two['rps'] / one['rps']:.2f}x |")
     if not rows:
         return []
     return ["", "## Scale: replicas and nodes", "",
-            "One replica against two on this machine's 2 cores, under the HAProxy ingress, in the run above "
-            "(`serve-haproxy` and `serve-haproxy-x2`):", "",
-            "| shape | c | route | 1 replica req/s | 2 replicas req/s | 2 / 1 |", "|---|---:|---|---:|---:|---:|",
-            *rows, "",
-            "A lone client (c1) waits for each answer, so a second replica has nothing to do and only adds a routing "
-            "choice. Under concurrent load a second replica takes the second core, shared with HAProxy, Ray's own "
-            "processes and the load generator, so two replicas cannot double one replica's rate here; the no-op "
-            "rows show how much of the gain is the ingress's and how much ours.", "",
-            "What a node adds: each node runs its own HAProxy and its replicas (one per core, `num_cpus: 1`, with a "
-            "core left for HAProxy, raylet and the metrics agent; docs/operations.md), and a replica answers only "
-            "the requests its node's HAProxy sends it or that another node's HAProxy forwards. The Kubernetes "
+            "One replica against two on this machine's 2 cores, in the run above (`-x2` paths):", "",
+            "| ingress | shape | c | route | 1 replica req/s | 2 replicas req/s | 2 / 1 |",
+            "|---|---|---:|---|---:|---:|---:|", *rows, "",
+            "A lone client (c1) waits for each answer, so a second replica has nothing to do. Under concurrent load "
+            "a second replica takes the second core, shared with Ray's own processes and the load generator (and "
+            "HAProxy, under that ingress), so two replicas cannot double one replica's rate here; the no-op rows "
+            "show how much of the gain is the ingress's and how much ours. Under the replica ingress the kernel "
+            "spreads connections over the replicas that share the port (by connection, not by request: a "
+            "client with one keep-alive connection stays on one replica).", "",
+            "What a node adds (HAProxy ingress, as on KubeRay): each node runs its own HAProxy and its replicas "
+            "(one per core, `num_cpus: 1`, with a core left for HAProxy, raylet and the metrics agent; "
+            "docs/operations.md), and a replica answers only the requests its node's HAProxy sends it or that "
+            "another node's HAProxy forwards. The Kubernetes "
             "Service spreads connections over the nodes' HAProxies, so throughput grows with nodes as long as "
             "clients hold enough connections: about one node's rate per node for one-text requests (the ingress "
             "hop is per node, nothing is shared per request but the Serve controller, which is off the request "

@@ -1,7 +1,11 @@
 """Benchmark driver: a local Ray with SwiftEmbed at /, a same-options no-op deployment at /noop, and a caller.
 
-    python benchmarks/serve_driver.py PORT INGRESS [REPLICAS]   # INGRESS: haproxy or proxy; REPLICAS of ours
-                                                                # (default 1); prints READY, serves until SIGTERM
+    python benchmarks/serve_driver.py PORT INGRESS [REPLICAS]   # INGRESS: replica, haproxy or proxy; REPLICAS
+                                                                # of ours (default 1); prints "READY <no-op URL>",
+                                                                # serves until SIGTERM
+
+Under the replica ingress each deployment's replicas answer on a port of their own (ours on PORT, the no-op on
+another), as `swiftembed serve` runs them; under the others both are behind Ray's ingress on PORT.
 
 The no-op deployment is SwiftEmbed's own replica class and options with one more route at its front door (as
 benchmarks/noop_app.py does for the standalone server): Ray's ingress, the ASGI app, auth, the concurrency bound,
@@ -51,10 +55,11 @@ OPTIONS = {"num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {
 class NoOpReplica(SwiftEmbedDeployment.func_or_class):  # type: ignore[misc,name-defined]
     """SwiftEmbed's replica, its HTTP answer replaced by a prepared one at the same front door."""
 
-    async def __init__(self, answers: dict[str, tuple[bytes, str]], dim: int) -> None:
-        await super().__init__()
+    async def __init__(self, answers: dict[str, tuple[bytes, str]], dim: int, **options: object) -> None:
+        await super().__init__(**options)
         self.answers, self.dim = answers, dim
-        self.api.routes["/"] = {"POST": self.noop}  # the app is mounted at /noop: its own path is /
+        self.api.routes["/"] = {"POST": self.noop}  # behind Ray's ingress the app is mounted at /noop
+        self.api.routes["/noop"] = {"POST": self.noop}  # its own server (replica ingress) serves it at the root
 
     async def noop(self, scope: Scope, receive: Receive) -> Answer:
         more = True
@@ -100,12 +105,24 @@ class Caller:
 
 embedder = Embedder.load()
 ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
-serve.start(http_options={"host": "127.0.0.1", "port": port})
-serve.run(SwiftEmbedDeployment.options(**{**OPTIONS, "num_replicas": replicas}).bind(), name=APP_NAME,
+ours: dict[str, object] = {}
+noop: dict[str, object] = {}
+noop_url = f"http://127.0.0.1:{port}/noop"
+if ingress == "replica":
+    serve.start(proxy_location="Disabled")
+    noop_port = int(sys.argv[4])
+    ours = {"http_port": port, "http_host": "127.0.0.1"}
+    noop = {"http_port": noop_port, "http_host": "127.0.0.1"}
+    noop_url = f"http://127.0.0.1:{noop_port}/noop"
+else:
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+serve.run(SwiftEmbedDeployment.options(**{**OPTIONS, "num_replicas": replicas}).bind(**ours), name=APP_NAME,
           route_prefix="/")
-serve.run(NoOp.options(**OPTIONS).bind(noop_answers(embedder), embedder.dim), name="noop", route_prefix="/noop")
-serve.run(Caller.bind(), name="caller", route_prefix="/caller")
-print("READY", flush=True)
+serve.run(NoOp.options(**OPTIONS).bind(noop_answers(embedder), embedder.dim, **noop), name="noop",
+          route_prefix="/noop")
+if ingress != "replica":  # the handle benchmark's caller is reached through Ray's ingress
+    serve.run(Caller.bind(), name="caller", route_prefix="/caller")
+print("READY", noop_url, flush=True)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 try:
     while True:

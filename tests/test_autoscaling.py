@@ -33,10 +33,14 @@ SCALED = {  # deploy/serve-cluster.yaml's autoscaling_config, scaled to 2 CPUs a
 }
 
 
-def scaled_config(port: int) -> dict:
+def scaled_config(port: int, ingress: str) -> dict:
     config = yaml.safe_load((ROOT / "deploy" / "serve-cluster.yaml").read_text())
-    config["proxy_location"] = "HeadOnly"
     config["http_options"] = {"host": "127.0.0.1", "port": port}
+    if ingress == "replica":  # the replicas answer on the port themselves, as deploy/serve-local.yaml sets it
+        config["proxy_location"] = "Disabled"
+        config["applications"][0]["args"].update(http_port=port, http_host="127.0.0.1")
+    else:
+        config["proxy_location"] = "HeadOnly"
     (deployment,) = config["applications"][0]["deployments"]
     deployment["autoscaling_config"] = {**deployment["autoscaling_config"], **SCALED}
     deployment["ray_actor_options"] = {"num_cpus": 0.5}
@@ -97,11 +101,11 @@ class Load:
         self.thread.join(timeout=60)
 
 
-@pytest.mark.parametrize("ingress", ["haproxy", "proxy"])
+@pytest.mark.parametrize("ingress", ["replica", "haproxy", "proxy"])
 def test_load_step_scales_up_then_down_without_failures(tmp_path, ingress):
     port = free_port()
     config = tmp_path / "serve.yaml"
-    config.write_text(yaml.safe_dump(scaled_config(port)))
+    config.write_text(yaml.safe_dump(scaled_config(port, ingress)))
     env = {**os.environ, **serve_environment(ingress, port),
            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
            # Replicas push their load twice a second (default 10 s), so the short delays above mean something.

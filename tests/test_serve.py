@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests import api_checks
+from tests.servers import free_port
 
 pytestmark = pytest.mark.ray
 
@@ -128,6 +129,9 @@ def test_config_deploy_and_live_user_config(ray_serve, embedder):
 
     spec = yaml.safe_load((ROOT / "deploy" / "serve-local.yaml").read_text())
     application = {**spec["applications"][0], "name": "live", "route_prefix": "/live"}
+    port = free_port()
+    assert application["args"]["http_port"] == 8000  # the replica ingress: moved to a free port here
+    application["args"]["http_port"] = port
     client = _get_global_client()
 
     def deploy(user_config: dict) -> dict:
@@ -147,9 +151,10 @@ def test_config_deploy_and_live_user_config(ray_serve, embedder):
         after = deploy({"max_batch_size": 8, "batch_wait_timeout_s": 0.002})
         assert after["batch"] == {"max_batch_size": 8, "batch_wait_timeout_s": 0.002}
         assert after["pid"] == before["pid"]  # reconfigured in place, not restarted
-        r = httpx.post(f"{ray_serve.url}/live/embed", json={"texts": ["live"]}, timeout=30)
-        assert r.status_code == 200
-        np.testing.assert_allclose(r.json()["embeddings"][0], embedder.encode("live"), atol=1e-6)
+        for url in (f"http://127.0.0.1:{port}", f"{ray_serve.url}/live"):  # the replica's own server, and HAProxy
+            r = httpx.post(f"{url}/embed", json={"texts": ["live"]}, timeout=30)
+            assert r.status_code == 200
+            np.testing.assert_allclose(r.json()["embeddings"][0], embedder.encode("live"), atol=1e-6)
     finally:
         client.delete_apps(["live"], blocking=True)
 
