@@ -27,6 +27,7 @@ RATE = "$__rate_interval"
 APP = 'application="$application"'
 MODEL = 'model=~"$model"'  # the SwiftEmbed (sw_*) metrics only; Serve and Ray metrics have no model label
 USER_ROUTES = 'route!~"/-/.*"'  # leave out Serve's own /-/healthz and /-/routes
+SW_ROUTES = 'route!~"/health|/metrics"'  # the same for SwiftEmbed's front door
 OBJECT_STORE = 'Name="object_store_memory"'  # ray_resources: the object-store capacity
 GRID_WIDTH = 24
 
@@ -136,8 +137,10 @@ ROWS: list[Row] = [
             ),
             Panel(
                 "Requests/s",
-                "HTTP requests per second answered by the Serve proxies for this application.",
-                [Target(rate("http_requests", APP, USER_ROUTES))],
+                "HTTP requests per second answered by the Serve ingress for this application, and by the "
+                "replicas (the replica ingress has no Serve ingress: only the second shows there).",
+                [Target(rate("http_requests", APP, USER_ROUTES), "ingress"),
+                 Target(rate("sw_requests", APP, SW_ROUTES, MODEL), "replicas")],
                 unit="reqps",
                 kind="stat",
                 width=4,
@@ -145,9 +148,11 @@ ROWS: list[Row] = [
             ),
             Panel(
                 "5xx share",
-                "Share of HTTP responses with a 5xx status (503 = queue full, see max_queued_requests). "
-                "Above 5% for 5 min fires SwiftEmbedHighErrorRate.",
-                [Target(share("http_requests", "status_code", "5..", APP, USER_ROUTES))],
+                "Share of HTTP responses with a 5xx status at the Serve ingress (503 = queue full, see "
+                "max_queued_requests) and at the replicas (503 = max_concurrency reached). Above 5% for 5 min "
+                "fires SwiftEmbedHighErrorRate.",
+                [Target(share("http_requests", "status_code", "5..", APP, USER_ROUTES), "ingress"),
+                 Target(share("sw_requests", "status", "5..", APP, SW_ROUTES, MODEL), "replicas")],
                 unit="percentunit",
                 kind="stat",
                 width=4,
@@ -156,9 +161,11 @@ ROWS: list[Row] = [
             ),
             Panel(
                 "p99 latency (end to end)",
-                "99th percentile of the latency measured at the Serve proxy. "
-                "Above 100 ms for 10 min fires SwiftEmbedHighP99Latency.",
-                [Target(quantile(0.99, "http_latency", APP, USER_ROUTES))],
+                "99th percentile of the latency measured at the Serve ingress, and at the replicas' front door "
+                "(all there is under the replica ingress). Above 100 ms for 10 min fires "
+                "SwiftEmbedHighP99Latency.",
+                [Target(quantile(0.99, "http_latency", APP, USER_ROUTES), "ingress"),
+                 Target(quantile(0.99, "sw_latency", APP, SW_ROUTES, MODEL), "replicas")],
                 unit="ms",
                 kind="stat",
                 width=4,
