@@ -1,6 +1,6 @@
 """Long documents: /embed/chunks (one pass per document) beside the client-side way, in one run; JSON for the docs.
 
-    .venv/bin/python benchmarks/bench_chunks.py [--paths standalone serve-haproxy] [--duration 3] [--rounds 3]
+    .venv/bin/python benchmarks/bench_chunks.py [--paths standalone serve-replica] [--duration 3] [--rounds 3]
         [--json benchmarks/results/chunks.json]
 
 For documents of about 1k, 10k and 100k tokens cut into chunks of 128 tokens overlapping by 32:
@@ -88,11 +88,12 @@ def bench(path: str, embedder: Embedder, docs: dict[int, str], duration: int, ro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--paths", nargs="+", default=["standalone", "serve-haproxy"])
+    parser.add_argument("--paths", nargs="+", default=["standalone", "serve-replica"])
     parser.add_argument("--duration", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    code = commit()  # what is measured: the checkout as the run starts
     embedder = Embedder.load()
     docs = documents(embedder)
     results: dict[str, dict] = {}
@@ -103,7 +104,7 @@ def main() -> None:
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
         print(f"{name:<45} {r['rps']:>9,.1f} req/s {r['chunks_per_s']:>10,.0f} chunks/s p50 {r['p50_ms']:>8.2f} ms "
               f"{ratio}")
-    run = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    run = {"machine": machine(), "commit": code, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "command": ["benchmarks/bench_chunks.py", *sys.argv[1:]], "chunk_tokens": CHUNK,
            "overlap_tokens": OVERLAP, "results": results}
     if args.json:

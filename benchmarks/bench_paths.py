@@ -228,6 +228,7 @@ def main() -> None:
     args = parser.parse_args()
 
     shapes = [SHAPES[name] for name in args.shapes]
+    code = commit()  # what is measured: the checkout as the run starts
     results: dict[str, dict[str, float]] = {}
     for path in args.paths:
         if path == "library":
@@ -256,7 +257,7 @@ def main() -> None:
               f"{r['non_2xx']:7.0f} {ratio:>16s} {multiple:>10s}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        stamp = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        stamp = {"machine": machine(), "commit": code, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  "command": ["benchmarks/bench_paths.py", *sys.argv[1:]]}
         args.json.write_text(json.dumps({**stamp, "results": results}, indent=2))
 

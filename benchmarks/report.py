@@ -8,7 +8,7 @@
 `--before` adds a before/after table against a run of the previous code on the same machine and day (for a
 change that must not slow the request path down).
 
-The targets are those of the Ray speed issue: `swiftembed serve` (the HAProxy ingress) against the FastAPI +
+The targets are those of the Ray speed issue: `swiftembed serve` (the replica ingress) against the FastAPI +
 model2vec server, each Ray path against a no-op of the same mode, the standalone server against FastAPI.
 """
 
@@ -38,9 +38,10 @@ Baselines:
 - **no-op**: for the standalone server, a handler at the same front door as our routes (auth, concurrency
   bound, timing headers, metrics) that reads the body and answers a prepared body of the real answer's size
   (`benchmarks/noop_app.py`); for Ray Serve, the same: SwiftEmbed's own replica class and Serve options with
-  that no-op route at its front door, in the same Serve (`benchmarks/serve_driver.py`; a plain `__call__(request)`
-  deployment would be a heavier baseline, since Ray builds a Starlette Request for it); for the handle, that
-  replica's `embed` method replaced by one returning an array of the same shape.
+  that no-op route at its front door, in the same Serve and the same ingress (`benchmarks/serve_driver.py`; under
+  the replica ingress the no-op's replica answers on a port of its own; a plain `__call__(request)` deployment
+  would be a heavier baseline, since Ray builds a Starlette Request for it); for the handle, that replica's
+  `embed` method replaced by one returning an array of the same shape.
 - **library**: model2vec's `StaticModel.encode` on the same texts in-process; `ours+wire` is our encode plus
   parsing the request and writing the answer: what our route adds to a no-op route, measured alone.
 """
