@@ -32,13 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from swiftembed.embedder import Embedder
-from swiftembed.model import DEFAULT_MODEL_DIR
 from training.corpus import fortune_sentences, wordnet_lemmas, wordnet_sentences
 from training.train import (
-    STSB_TRAIN,
     Batches,
     cosent_loss,
     pair_spearman,
+    run_parser,
     save_model,
     seeded_start,
     start_run,
@@ -220,11 +219,7 @@ A general-purpose static token table trained by SwiftEmbed (`training/general.py
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--base", type=Path, default=DEFAULT_MODEL_DIR)
-    parser.add_argument("--stsb", type=Path, default=STSB_TRAIN, help="STS-B train split (TSV)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = run_parser(__doc__)
     parser.add_argument("--wordnet", type=int, default=100_000, help="WordNet glosses and examples")
     parser.add_argument("--lemmas", type=int, default=60_000, help="WordNet lemmas (words and collocations)")
     parser.add_argument("--fortunes", type=int, default=30_000, help="fortunes sentences (at most ~21,600 exist)")

@@ -277,12 +277,18 @@ def save_model(args: argparse.Namespace, result: dict) -> tuple[np.ndarray, dict
     return table, summary
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_parser(description: str | None) -> argparse.ArgumentParser:
+    """The arguments every training command takes: where to write, the base model, STS-B train, the seed."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--base", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--stsb", type=Path, default=STSB_TRAIN, help="STS-B train split (TSV)")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main() -> None:
+    parser = run_parser(__doc__)
     parser.add_argument("--wordnet", type=int, default=60_000, help="WordNet sentences for distillation")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lr", type=float, default=0.02)
