@@ -1,11 +1,12 @@
 """Benchmark driver: a local Ray with SwiftEmbed at /, a same-options no-op deployment at /noop, and a caller.
 
-    python benchmarks/serve_driver.py PORT INGRESS [REPLICAS]   # INGRESS: replica, haproxy or proxy; REPLICAS
-                                                                # of ours (default 1); prints "READY <no-op URL>",
-                                                                # serves until SIGTERM
+    python benchmarks/serve_driver.py PORT INGRESS [REPLICAS [NOOP_PORT]]
+        # INGRESS: replica, haproxy or proxy; REPLICAS of ours (default 1); prints "READY <no-op URL>" and serves
+        # until SIGTERM
 
 Under the replica ingress each deployment's replicas answer on a port of their own (ours on PORT, the no-op on
-another), as `swiftembed serve` runs them; under the others both are behind Ray's ingress on PORT.
+NOOP_PORT, which that ingress needs), as `swiftembed serve` runs them; under the others both are behind Ray's
+ingress on PORT.
 
 The no-op deployment is SwiftEmbed's own replica class and options with one more route at its front door (as
 benchmarks/noop_app.py does for the standalone server): Ray's ingress, the ASGI app, auth, the concurrency bound,

@@ -26,14 +26,14 @@ import numpy as np
 import ray
 from ray import serve
 from ray.serve.config import AutoscalingContext
-from ray.serve.metrics import Counter, Gauge
+from ray.serve.metrics import Counter, Histogram
 
 from swiftembed.app import EmbeddingApi
 from swiftembed.batching import Batcher, Pooled
 from swiftembed.catalog import Catalog
 from swiftembed.chunking import Chunk
 from swiftembed.ingress import ReplicaServer, choose_ingress, serve_environment
-from swiftembed.metrics import BATCH_BUCKETS, KERNEL_BUCKETS_MS, LATENCY_BUCKETS_MS, Buckets
+from swiftembed.metrics import BATCH_BUCKETS, KERNEL_BUCKETS_MS, LATENCY_BUCKETS_MS
 from swiftembed.pooling import Precision
 from swiftembed.settings import Settings
 from swiftembed.sparse import SparseVector
@@ -46,73 +46,33 @@ DEPLOYMENT_NAME = "SwiftEmbed"
 DEFAULT_BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.0}
 
 
-class ReplicaHistogram:
-    """A histogram kept in the replica and exported as Ray gauges under a Prometheus histogram's series names:
-    `<name>_bucket{le=...}` (cumulative counts), `<name>_count` and `<name>_sum`, each cumulative since the replica
-    started. PromQL's `rate` and `histogram_quantile` read them as they read a histogram's series.
-
-    Why not Ray's Histogram: it records one value per call, and every call releases and retakes the GIL, which a
-    background thread then has to win back from the busy event loop; at ~10,000 one-text requests/s that cost the
-    replica about a fifth of its throughput (one interleaved run, 64 connections: 13,211-13,464 req/s with these
-    gauges, 10,039-10,713 with Ray's Histogram). Here an observation is a bisect and two additions (`Buckets`),
-    and Ray sees a few dozen gauge values a second.
-    """
-
-    def __init__(self, name: str, description: str, bounds: tuple[float, ...], tag_keys: tuple[str, ...]) -> None:
-        self.bounds, self.tag_keys = bounds, tag_keys
-        self.buckets = Gauge(f"{name}_bucket", description=f"{description} (cumulative count per bucket)",
-                             tag_keys=(*tag_keys, "le"))
-        self.count = Gauge(f"{name}_count", description=f"{description} (count)", tag_keys=tag_keys)
-        self.sum = Gauge(f"{name}_sum", description=f"{description} (sum)", tag_keys=tag_keys)
-        self._series: dict[tuple[str, ...], Buckets] = {}
-        self._changed: set[tuple[str, ...]] = set()
-
-    def observe(self, value: float, tags: tuple[str, ...]) -> None:
-        series = self._series.get(tags) or self._series.setdefault(tags, Buckets(self.bounds))
-        series.observe(value)
-        self._changed.add(tags)
-
-    def export(self, everything: bool = False) -> None:
-        """Hand Ray the new values of every label set observed since the last export, or of every label set: Ray
-        stops exporting a gauge that was not set for about half a minute (seen: gone 40 s after the last set)."""
-        for tags in self._series if everything else self._changed:
-            series = self._series[tags]
-            labels = dict(zip(self.tag_keys, tags))
-            cumulative = series.cumulative()
-            for le, count in cumulative:
-                self.buckets.set(count, tags={**labels, "le": le})
-            self.count.set(cumulative[-1][1], tags=labels)
-            self.sum.set(series.sum, tags=labels)
-        self._changed.clear()
-
-
 class RayMetrics:
     """The standalone server's metric names, through Ray's metrics (exported as `ray_<name>`).
 
-    A Ray metric record costs microseconds of Python and a GIL round trip per call, several per request: so
-    requests only append their figures to a queue, and a background thread folds them in once a second (counters
-    summed per label set, histograms in `ReplicaHistogram`). Figures reach Prometheus at most a second later.
+    A Ray metric record costs microseconds of Python per call (tag checks and merges), several per request: so
+    requests only append their figures to a queue, and a background thread records them once a second
+    (counters summed per label set, histograms value by value). Figures reach Prometheus at most a second later.
     """
 
     FLUSH_S = 1.0
-    REFRESH_EVERY = 10  # flushes between exports of every histogram series, changed or not
 
     def __init__(self) -> None:
-        self.latency = ReplicaHistogram("swiftembed_request_latency_ms", "Request latency in milliseconds",
-                                        LATENCY_BUCKETS_MS, ("route", "status", "model"))
+        self.latency = Histogram(
+            "swiftembed_request_latency_ms", description="Request latency in milliseconds",
+            boundaries=list(LATENCY_BUCKETS_MS), tag_keys=("route", "status", "model"),
+        )
         self.requests = Counter("swiftembed_requests", description="Requests by route, status and model",
                                 tag_keys=("route", "status", "model"))
         self.texts = Counter("swiftembed_texts", description="Texts embedded", tag_keys=("route", "model"))
         self.tokens = Counter("swiftembed_tokens", description="Tokens pooled", tag_keys=("route", "model"))
-        self.batch_size = ReplicaHistogram("swiftembed_batch_size", "Texts per kernel call", BATCH_BUCKETS,
-                                           ("model",))
-        self.batch_requests = ReplicaHistogram("swiftembed_batch_requests", "Requests per kernel call",
-                                               BATCH_BUCKETS, ("model",))
-        self.kernel = ReplicaHistogram("swiftembed_kernel_time_ms", "Tokenize + pool time per batch (ms)",
-                                       KERNEL_BUCKETS_MS, ("model",))
+        self.batch_size = Histogram("swiftembed_batch_size", description="Texts per kernel call",
+                                    boundaries=list(BATCH_BUCKETS), tag_keys=("model",))
+        self.batch_requests = Histogram("swiftembed_batch_requests", description="Requests per kernel call",
+                                        boundaries=list(BATCH_BUCKETS), tag_keys=("model",))
+        self.kernel = Histogram("swiftembed_kernel_time_ms", description="Tokenize + pool time per batch (ms)",
+                                boundaries=list(KERNEL_BUCKETS_MS), tag_keys=("model",))
         self._requests: deque[tuple[str, int, float, int, int, str]] = deque()
         self._batches: deque[tuple[str, int, int, float]] = deque()
-        self._flushes = 0
         threading.Thread(target=self._flush_forever, name="swiftembed-metrics", daemon=True).start()
 
     def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int, model: str) -> None:
@@ -137,9 +97,9 @@ class RayMetrics:
         counts: dict[tuple[str, str, str], list[int]] = {}
         while self._requests:
             route, status, latency_ms, texts, tokens, model = self._requests.popleft()
-            key = (route, str(status), model)
-            self.latency.observe(latency_ms, key)
-            sums = counts.setdefault(key, [0, 0, 0])
+            tags = {"route": route, "status": str(status), "model": model}
+            self.latency.observe(latency_ms, tags=tags)
+            sums = counts.setdefault((route, tags["status"], model), [0, 0, 0])
             sums[0] += 1
             sums[1] += texts
             sums[2] += tokens
@@ -151,12 +111,10 @@ class RayMetrics:
                 self.tokens.inc(tokens, tags={"route": route, "model": model})
         while self._batches:
             model, texts, requests, kernel_ms = self._batches.popleft()
-            self.batch_size.observe(texts, (model,))
-            self.batch_requests.observe(requests, (model,))
-            self.kernel.observe(kernel_ms, (model,))
-        self._flushes += 1
-        for histogram in (self.latency, self.batch_size, self.batch_requests, self.kernel):
-            histogram.export(everything=self._flushes % self.REFRESH_EVERY == 0)
+            tags = {"model": model}
+            self.batch_size.observe(texts, tags=tags)
+            self.batch_requests.observe(requests, tags=tags)
+            self.kernel.observe(kernel_ms, tags=tags)
 
 
 IN_FLIGHT, BUSY = "in_flight", "busy"

@@ -483,11 +483,18 @@ def _rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def _ingress_pid(url: str) -> int:
-    """The process listening on the service's port: HAProxy, or Serve's proxy actor with `--ingress proxy`."""
+def _ingress_pid(url: str, timeout: float = 30.0) -> int:
+    """The process listening on the service's port: HAProxy, or Serve's proxy actor with `--ingress proxy`. Ray
+    reloads HAProxy (a new process) after a deployment changes, so: the one that has held the port for a second."""
     port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
-    (pid,) = {c.pid for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN" and c.laddr.port == port}
-    return pid
+    deadline, last = time.monotonic() + timeout, None
+    while True:
+        pids = {c.pid for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN" and c.laddr.port == port}
+        if len(pids) == 1 and pids == last:
+            return pids.pop()
+        assert time.monotonic() < deadline, f"no one process settled on port {port}: {pids}"
+        last = pids
+        time.sleep(1.0)
 
 
 SOAK_REQUESTS = int(os.environ.get("SWIFTEMBED_SOAK_REQUESTS", "8000"))  # per measured phase
