@@ -3,7 +3,7 @@
 `replica`: every replica runs SwiftEmbed's front door under uvicorn on its own event loop, on a port all the
 replicas of a node share (SO_REUSEPORT: the kernel spreads connections across them), as Ray's own direct ingress
 does on ports of its own; Ray Serve still places, health-checks, upgrades and autoscales the replicas, and Ray's
-HTTP proxy is not started. No proxy hop and none of Ray's per-request work: 2.9x the HAProxy ingress's
+HTTP proxy is not started. No proxy hop and none of Ray's per-request work: 2.5x the HAProxy ingress's
 requests/s for one text at 64 connections here (docs/benchmarks.md). `ReplicaServer` is that server.
 
 `serve_environment` is what Ray must start with for each ingress; Ray reads it when it starts, so this module
