@@ -34,40 +34,15 @@ class NoMetrics:
         return None
 
 
-class Buckets:
-    """A histogram's figures in plain Python: a count per bucket (not cumulative; the last is +Inf) and the sum.
-    Observing costs a bisect and two additions; both servers' sinks turn them into Prometheus series."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """(le, count of values <= le) per bucket, as Prometheus exposes a histogram."""
-        return list(zip(le_labels(self.bounds), accumulate(self.counts)))
-
-
-def le_labels(bounds: tuple[float, ...]) -> list[str]:
-    from prometheus_client.utils import floatToGoString
-
-    return [*map(floatToGoString, bounds), "+Inf"]
-
-
 class _Series:
     """One (route, status, model)'s counts."""
 
-    __slots__ = ("latency", "count", "texts", "tokens")
+    __slots__ = ("buckets", "count", "sum", "texts", "tokens")
 
     def __init__(self) -> None:
-        self.latency = Buckets(LATENCY_BUCKETS_MS)
+        self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)  # per bucket, not cumulative; the last is +Inf
         self.count = 0
+        self.sum = 0.0
         self.texts = 0
         self.tokens = 0
 
@@ -92,13 +67,15 @@ class PrometheusMetrics:
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series()
-        series.latency.observe(latency_ms)
+        series.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
         series.count += 1
+        series.sum += latency_ms
         series.texts += texts
         series.tokens += tokens
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
 
         labels = ["route", "status", "model"]
         latency = HistogramMetricFamily("swiftembed_request_latency_ms", "Request latency in milliseconds",
@@ -106,9 +83,10 @@ class PrometheusMetrics:
         requests = CounterMetricFamily("swiftembed_requests", "Requests by route, status and model", labels=labels)
         texts = CounterMetricFamily("swiftembed_texts", "Texts embedded", labels=["route", "model"])
         tokens = CounterMetricFamily("swiftembed_tokens", "Tokens pooled", labels=["route", "model"])
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS_MS), "+Inf"]
         per_route: dict[tuple[str, str], list[int]] = {}
         for (route, status, model), series in self._series.items():
-            latency.add_metric([route, str(status), model], series.latency.cumulative(), series.latency.sum)
+            latency.add_metric([route, str(status), model], list(zip(bounds, accumulate(series.buckets))), series.sum)
             requests.add_metric([route, str(status), model], series.count)
             totals = per_route.setdefault((route, model), [0, 0])
             totals[0] += series.texts
