@@ -52,7 +52,7 @@ PATHS = {
     "standalone": "`swiftembed serve --standalone` (one uvicorn, no Ray)",
     "serve-replica": "`swiftembed serve`: Ray Serve, each replica answering HTTP on the service's port itself "
                      "(the default)",
-    "serve-haproxy": "`swiftembed serve --ingress haproxy`: Ray Serve's HAProxy ingress (as on KubeRay)",
+    "serve-haproxy": "`swiftembed serve --ingress haproxy`: Ray Serve's HAProxy ingress",
     "serve-proxy": "`swiftembed serve --ingress proxy`: Ray Serve's default Python proxy",
     "serve-replica-x2": "`swiftembed serve --replicas 2`: two replicas of ours on the same 2 cores",
     "serve-haproxy-x2": "`swiftembed serve --ingress haproxy --replicas 2`: the same under HAProxy",
@@ -185,18 +185,18 @@ def scale_section(results: dict[str, dict[str, float]]) -> list[str]:
             "show how much of the gain is the ingress's and how much ours. Under the replica ingress the kernel "
             "spreads connections over the replicas that share the port (by connection, not by request: a "
             "client with one keep-alive connection stays on one replica).", "",
-            "What a node adds (HAProxy ingress, as on KubeRay): each node runs its own HAProxy and its replicas "
-            "(one per core, `num_cpus: 1`, with a core left for HAProxy, raylet and the metrics agent; "
-            "docs/operations.md), and a replica answers only the requests its node's HAProxy sends it or that "
-            "another node's HAProxy forwards. The Kubernetes "
-            "Service spreads connections over the nodes' HAProxies, so throughput grows with nodes as long as "
-            "clients hold enough connections: about one node's rate per node for one-text requests (the ingress "
-            "hop is per node, nothing is shared per request but the Serve controller, which is off the request "
-            "path), and for batches as many replicas as cores. What does not grow: the head's GCS and Serve "
-            "controller (config pushes, health checks, autoscaling decisions), and one client connection, which "
-            "stays on one HAProxy. A second node simulated on this machine (`ray.cluster_utils.Cluster`, as "
-            "loadtest/node_fault.py does) shares the same 2 cores and cannot run a second HAProxy on the same port, "
-            "so it shows placement and failover (docs/reliability.md) but no throughput a real node would add; "
+            "What a node adds (replica ingress, as on KubeRay): each worker pod runs its replicas (one per core, "
+            "`num_cpus: 1`, with a core left for the raylet, the metrics agent and the kernel's network work; "
+            "docs/operations.md), all listening on the pod's port, and the Kubernetes Service spreads connections "
+            "over the pods that hold replicas. Nothing is shared per request across nodes (no ingress hop, the "
+            "Serve controller is off the request path), so throughput grows with nodes as long as clients hold "
+            "enough connections: about one node's rate per node, each node's rate growing with its replicas as "
+            "the 2-replica rows above show for one. What does not grow: the head's GCS and Serve controller "
+            "(config pushes, health checks, autoscaling decisions), and one client connection, which stays on one "
+            "replica. Under HAProxy, each node's HAProxy adds a hop but also forwards to other nodes' replicas. A "
+            "second node simulated on this machine (`ray.cluster_utils.Cluster`, as loadtest/node_fault.py does) "
+            "shares the same 2 cores, so it shows placement and failover (docs/reliability.md) but no throughput "
+            "a real node would add; "
             "that figure needs two machines."]
 
 

@@ -4,7 +4,8 @@
 replicas of a node share (SO_REUSEPORT: the kernel spreads connections across them), as Ray's own direct ingress
 does on ports of its own; Ray Serve still places, health-checks, upgrades and autoscales the replicas, and Ray's
 HTTP proxy is not started. No proxy hop and none of Ray's per-request work: 2.5x the HAProxy ingress's
-requests/s for one text at 64 connections here (docs/benchmarks.md). `ReplicaServer` is that server.
+requests/s for one text at 64 connections here (docs/benchmarks.md). `ReplicaServer` is that server; it also
+answers Serve's `/-/healthz` and `/-/routes`, which KubeRay probes, and the last replica on a node drains first.
 
 `serve_environment` is what Ray must start with for each ingress; Ray reads it when it starts, so this module
 imports no Ray. The HAProxy ingress is also kept to the service's address and lifetime. Ray starts HAProxy as a child of
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -30,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 WRAPPER = "swiftembed-haproxy"
 INGRESSES = ("replica", "haproxy", "proxy")
@@ -40,6 +42,9 @@ SERVE_LATENCY_BUCKETS_MS = "0.1,0.25,0.5,0.75,1,1.5,2,3,5,7.5,10,20,50,100,250,5
 WILDCARD_BIND = re.compile(r"^(\s*bind\s+)\*?:(\d+)\s*$", re.M)
 FRONTEND_BIND = re.compile(r"^frontend http_frontend\s*\n\s*bind\s+(\S+):\d+", re.M)
 PR_SET_PDEATHSIG = 1
+# Serve's own paths on every proxy, which KubeRay probes (ServeProbes).
+HEALTH_PATH, ROUTES_PATH = "/-/healthz", "/-/routes"
+PROBE_PATHS = frozenset({HEALTH_PATH, ROUTES_PATH})
 log = logging.getLogger("ray.serve")
 
 
@@ -65,14 +70,68 @@ class _ReplicaUvicorn(uvicorn.Server):
         yield  # a replica's signals are Ray's: uvicorn must not take SIGTERM or SIGINT from it
 
 
+class ServeProbes:
+    """What Serve's proxy answers on every node that has replicas, answered on the replicas' own port: KubeRay's
+    probes rely on it. A RayService worker pod is ready (in the Service) while `GET /-/healthz` on its serve port
+    has "success" in its body, and the head pod while that answers 200; so only pods whose replicas listen get
+    traffic. `/-/routes` maps the route prefix to the application, as Serve's does.
+
+    While the replica drains (`draining`), `/-/healthz` answers 503 unless another replica still listens on the
+    port, and every other path is served as usual.
+    """
+
+    def __init__(self, app: ASGIApp, port: int, routes: dict[str, str]) -> None:
+        self.app, self.port = app, port
+        self.routes = json.dumps(routes).encode()
+        self.draining = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path")
+        if path not in PROBE_PATHS or scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if path == ROUTES_PATH:
+            status, body, kind = 200, self.routes, b"application/json"
+        elif self.draining and (listeners(self.port) or 1) <= 1:
+            status, body, kind = 503, b"draining", b"text/plain"
+        else:
+            status, body, kind = 200, b"success", b"text/plain"
+        headers = [(b"content-type", kind), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def listeners(port: int) -> int | None:
+    """Sockets listening on TCP `port` in this network namespace (a pod's), from /proc; None where unknown."""
+    count, seen = 0, False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        seen = True
+        for line in lines:
+            fields = line.split(maxsplit=4)  # sl, local address, remote address, state, ...
+            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                count += 1
+    return count if seen else None
+
+
 class ReplicaServer:
     """A replica's own HTTP server: `app` under uvicorn on the running event loop, on a port shared with the node's
-    other replicas. `stop` is the graceful end for the replica's shutdown: stop accepting, close idle keep-alive
-    connections, finish the requests in flight (their answers say `Connection: close`)."""
+    other replicas. `stop` is the graceful end for the replica's shutdown: drain, stop accepting, close idle
+    keep-alive connections, finish the requests in flight (their answers say `Connection: close`).
 
-    def __init__(self, app: ASGIApp, host: str, port: int, *, keep_alive_s: float = 30.0) -> None:
+    `drain_s`: how long a stopping replica that is the last one listening on the port keeps answering with
+    `/-/healthz` failing, so that a load balancer's readiness probe takes the pod out before the port closes
+    (KubeRay probes every 5 s and takes a pod out on the first failure); 0 on a single machine.
+    """
+
+    def __init__(self, app: ASGIApp, host: str, port: int, *, keep_alive_s: float = 30.0, drain_s: float = 0.0,
+                 routes: dict[str, str] | None = None) -> None:
         self.address = (host, port)
-        config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning", loop="none",
+        self.drain_s = drain_s
+        self.probes = ServeProbes(app, port, routes or {"/": "swiftembed"})
+        config = uvicorn.Config(self.probes, lifespan="off", access_log=False, log_level="warning", loop="none",
                                 timeout_keep_alive=keep_alive_s)
         self.server = _ReplicaUvicorn(config)
         self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[shared_socket(host, port)]))
@@ -82,7 +141,17 @@ class ReplicaServer:
         if self.task.done():
             raise RuntimeError(f"the replica's HTTP server on {self.address[0]}:{self.address[1]} has stopped")
 
+    async def drain(self) -> None:
+        """Serve on for `drain_s` with `/-/healthz` failing, unless (or until) another replica listens on the port:
+        then the port stays open without this one, and nothing need wait."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_s
+        while (left := deadline - loop.time()) > 0 and (listeners(self.address[1]) or 1) <= 1:
+            self.probes.draining = True
+            await asyncio.sleep(min(left, 0.25))
+
     async def stop(self, timeout_s: float = 10.0) -> None:
+        await self.drain()
         self.server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(self.task), timeout_s)

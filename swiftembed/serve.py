@@ -172,11 +172,13 @@ class SwiftEmbedDeployment:
         share_table: bool = True,
         http_port: int | None = None,
         http_host: str = "0.0.0.0",
+        http_drain_s: float = 0.0,
     ) -> None:
         """`models`: model specs (see `Catalog.load`; default the bundled models), the first the default unless
         `default_model` names another. `share_table=False` keeps private tables (for comparison, or without an
         object store). `http_port`: the replica answers HTTP itself on http_host:http_port, a port shared with the
-        node's other replicas (the `replica` ingress, swiftembed/ingress.py)."""
+        node's other replicas (the `replica` ingress, swiftembed/ingress.py), with `/-/healthz` for KubeRay's probes;
+        `http_drain_s`: how long the last replica on a node keeps answering, `/-/healthz` failing, when it stops."""
         self.tables = SharedTables() if share_table else None
         self.catalog = Catalog.load(models, default=default_model, max_tokens=max_tokens, table=self.tables)
         self.settings = Settings.from_env(**(settings or {}))
@@ -185,7 +187,10 @@ class SwiftEmbedDeployment:
         self.api = EmbeddingApi(self.catalog, self.batcher, self.settings, self.metrics)
         self._busy_mark = (time.perf_counter(), 0.0)
         self.batch_config = dict(DEFAULT_BATCH)
-        self.http = None if http_port is None else ReplicaServer(self.api.app, http_host, http_port)
+        self.http = None
+        if http_port is not None:
+            routes = {"/": serve.get_replica_context().app_name}
+            self.http = ReplicaServer(self.api.app, http_host, http_port, drain_s=http_drain_s, routes=routes)
         log.info("SwiftEmbed replica ready: %s", ", ".join(
             f"{m.model_id} ({self.table_source(m.embedder.checksum)} table)" for m in self.catalog))
 
@@ -317,13 +322,14 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     args: `models` (a list of model specs, directories, bundled names or Hub ids, `NAME=SOURCE` to rename; default
     the bundled models) or `model` (one), `default_model` (default the first), `max_tokens`, `http_port` and
     `http_host` (each replica answers HTTP there itself: the `replica` ingress; with `proxy_location: Disabled`),
-    and any Settings field (e.g. `max_texts`, `api_key`) to override the SWIFTEMBED_* environment.
+    `http_drain_s` (in a cluster: see `ReplicaServer`), and any Settings field (e.g. `max_texts`, `api_key`) to
+    override the SWIFTEMBED_* environment.
     """
     args = dict(args or {})
     models = model_specs(args.pop("models", None), args.pop("model", None))
     default_model = args.pop("default_model", None)
     max_tokens = args.pop("max_tokens", -1)
-    http = {key: args.pop(key) for key in ("http_port", "http_host") if key in args}
+    http = {key: args.pop(key) for key in ("http_port", "http_host", "http_drain_s") if key in args}
     return SwiftEmbedDeployment.bind(  # type: ignore[attr-defined]
         models=models, default_model=default_model, max_tokens=max_tokens, settings=args, **http
     )

@@ -36,11 +36,13 @@ SCALED = {  # deploy/serve-cluster.yaml's autoscaling_config, scaled to 2 CPUs a
 def scaled_config(port: int, ingress: str) -> dict:
     config = yaml.safe_load((ROOT / "deploy" / "serve-cluster.yaml").read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port}
-    if ingress == "replica":  # the replicas answer on the port themselves, as deploy/serve-local.yaml sets it
-        config["proxy_location"] = "Disabled"
-        config["applications"][0]["args"].update(http_port=port, http_host="127.0.0.1")
+    args = config["applications"][0]["args"]
+    if ingress == "replica":  # the replicas answer on the port themselves, as in the cluster config
+        args.update(http_port=port, http_host="127.0.0.1", http_drain_s=1)
     else:
         config["proxy_location"] = "HeadOnly"
+        for key in ("http_port", "http_host", "http_drain_s"):
+            del args[key]
     (deployment,) = config["applications"][0]["deployments"]
     deployment["autoscaling_config"] = {**deployment["autoscaling_config"], **SCALED}
     deployment["ray_actor_options"] = {"num_cpus": 0.5}

@@ -19,6 +19,7 @@ import httpx
 import psutil
 import pytest
 
+from swiftembed import ingress
 from swiftembed.ingress import bind_to_frontend_host
 from tests import api_checks
 from tests.servers import free_port, stop_process, wait_healthy
@@ -115,6 +116,11 @@ def test_serve_replicas_answer_on_the_port_themselves_and_stop_with_it(tmp_path,
         on_port = sorted((ip, pid) for ip, p, pid in listeners if p == port)
         assert on_port == sorted(("127.0.0.1", pid) for pid in pids), listeners
         assert not [(ip, p) for ip, p, _ in listeners if 30000 <= p < 31000], "Ray's own replica servers run"
+        assert ingress.listeners(port) == 2
+        # KubeRay's readiness probe of a RayService worker pod, verbatim, and Serve's route table.
+        probe = f"wget --tries 1 -T 2 -q -O- http://localhost:{port}/-/healthz | grep success"
+        assert subprocess.run(["bash", "-c", probe], capture_output=True).returncode == 0
+        assert httpx.get(f"{url}/-/routes").json() == {"/": "swiftembed"}
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=90)
     assert not _wait_gone(replicas), log.read_text()[-3000:]

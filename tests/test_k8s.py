@@ -219,8 +219,8 @@ def test_rayservice_required_fields():
         assert group["template"]["spec"]["containers"], "no container"
 
 
-def test_serve_config_v2_is_the_applications_section_of_serve_cluster_yaml():
-    assert serve_config_v2() == {"applications": serve_config()["applications"]}
+def test_serve_config_v2_is_serve_cluster_yaml():
+    assert serve_config_v2() == serve_config()
 
 
 def test_serve_configs_parse_with_ray_schema():
@@ -332,19 +332,29 @@ def test_latency_buckets_match_the_local_serve_environment():
         assert env["RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS"] == constants["SERVE_LATENCY_BUCKETS_MS"]
 
 
-def test_every_pod_starts_ray_with_the_haproxy_ingress():
-    """The RayService runs what `swiftembed serve` runs: swiftembed.ingress.serve_environment("haproxy")."""
+def test_every_pod_starts_ray_with_the_replica_ingress():
+    """The RayService runs what `swiftembed serve` runs: swiftembed.ingress.serve_environment("replica") in every
+    pod, Ray's proxy off, and each replica on the pods' `serve` port, the one KubeRay's readiness probe asks."""
     from swiftembed.ingress import serve_environment
 
-    local = serve_environment("haproxy")
-    keys = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_worker_niceness",
+    local = serve_environment("replica")
+    keys = ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_worker_niceness",
             "RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS")
     for group in groups():
         env = {e["name"]: e.get("value") for e in ray_container(group).get("env", [])}
         assert {k: env.get(k) for k in keys} == {k: local[k] for k in keys}, group.get("groupName", "head")
-        assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("/bin/swiftembed-haproxy")
+        assert "RAY_SERVE_ENABLE_HA_PROXY" not in env
+        ports = {p["name"]: p["containerPort"] for p in ray_container(group)["ports"]}
+        assert ports["serve"] == serve_config()["applications"][0]["args"]["http_port"]
+    config = serve_config()
+    assert config["proxy_location"] == "Disabled"
+    args, deployment = config["applications"][0]["args"], config["applications"][0]["deployments"][0]
+    assert args["http_host"] == "0.0.0.0"
+    # The last replica of a pod must outlast one readiness-probe period (5 s) plus endpoint propagation, and
+    # Serve must let it: the drain and the requests in flight fit the graceful shutdown.
+    assert 7 <= args["http_drain_s"] <= deployment["graceful_shutdown_timeout_s"] - 10
     dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
-    assert "haproxy_missing() is None" in dockerfile, "the image build must prove the HAProxy ingress can start"
+    assert "haproxy_missing() is None" in dockerfile, "the image must still be able to run the HAProxy ingress"
 
 
 # --- Ingress, PodMonitor, PrometheusRule ------------------------------------------------------------------
@@ -357,7 +367,7 @@ def test_ingress_routes_to_the_serve_service():
     assert backends
     for backend in backends:
         assert backend["name"] == f"{one('RayService')['metadata']['name']}-serve-svc"
-        assert backend["port"]["number"] == serve_config()["http_options"]["port"] == 8000
+        assert backend["port"]["number"] == serve_config()["applications"][0]["args"]["http_port"] == 8000
 
 
 def test_prometheus_rule_required_fields():

@@ -1,0 +1,91 @@
+"""The replica ingress's server on its own (no Ray): KubeRay's probe paths, and the drain of the last replica on
+a port, with real uvicorn servers on 127.0.0.1 sharing a port as replicas do."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from swiftembed.ingress import ReplicaServer, listeners
+from tests.servers import free_port
+
+
+async def hello(scope, receive, send) -> None:
+    """The app behind the server: answers every request with 200 and its path."""
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+
+async def started(port: int, **kwargs) -> ReplicaServer:
+    server = ReplicaServer(hello, "127.0.0.1", port, **kwargs)
+    async with httpx.AsyncClient() as client:
+        for _ in range(200):
+            try:
+                await client.get(f"http://127.0.0.1:{port}/health")
+                return server
+            except httpx.ConnectError:
+                await asyncio.sleep(0.02)
+    raise AssertionError("the server did not start")
+
+
+def test_probe_paths_answer_as_serves_proxy_and_the_rest_reaches_the_app():
+    async def main() -> None:
+        port = free_port()
+        server = await started(port, routes={"/": "embed-app"})
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            health = await client.get("/-/healthz")
+            assert (health.status_code, health.text) == (200, "success")
+            assert (await client.get("/-/routes")).json() == {"/": "embed-app"}
+            assert (await client.post("/embed")).text == "/embed"
+            assert (await client.get("/-/other")).text == "/-/other"
+        assert listeners(port) == 1
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def test_the_last_replica_on_a_port_drains_before_it_closes():
+    """While it drains it serves every request but fails /-/healthz (a readiness probe takes the pod out), then the
+    port closes."""
+
+    async def main() -> None:
+        port = free_port()
+        server = await started(port, drain_s=1.5)
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url) as client:
+            begun = time.monotonic()
+            stopping = asyncio.create_task(server.stop())
+            await asyncio.sleep(0.3)
+            health = await client.get("/-/healthz")
+            assert (health.status_code, health.text) == (503, "draining")
+            assert (await client.post("/embed")).status_code == 200
+            await stopping
+            assert time.monotonic() - begun >= 1.5
+        with pytest.raises(httpx.ConnectError):
+            async with httpx.AsyncClient() as fresh:
+                await fresh.get(f"{url}/-/healthz")
+
+    asyncio.run(main())
+
+
+def test_a_replica_that_shares_its_port_stops_without_draining():
+    """Another replica on the node keeps the port (and the pod's readiness): no reason to wait."""
+
+    async def main() -> None:
+        port = free_port()
+        leaving = await started(port, drain_s=30)
+        staying = await started(port)
+        assert listeners(port) == 2
+        begun = time.monotonic()
+        await leaving.stop()
+        assert time.monotonic() - begun < 5
+        assert listeners(port) == 1
+        async with httpx.AsyncClient() as client:
+            for _ in range(5):  # every new connection reaches the replica that stays
+                assert (await client.get(f"http://127.0.0.1:{port}/-/healthz")).text == "success"
+        await staying.stop()
+
+    asyncio.run(main())
