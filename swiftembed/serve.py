@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -50,11 +51,15 @@ class RayMetrics:
     """The standalone server's metric names, through Ray's metrics (exported as `ray_<name>`).
 
     A Ray metric record costs microseconds of Python per call (tag checks and merges), several per request: so
-    requests only append their figures to a queue, and a background thread records them once a second
-    (counters summed per label set, histograms value by value). Figures reach Prometheus at most a second later.
+    requests only append their figures to a queue, and the replica's event loop records them every TICK_S
+    (counters summed per label set, histograms value by value), a fraction of a millisecond at a time. Not a
+    background thread: each Ray record releases and retakes the GIL, and a thread recording thousands a second
+    must win the GIL back from the busy loop each time; recorded on the loop, one text at 64 connections ran
+    ~20% faster under the replica ingress (13,460 vs 11,190 req/s, four runs each, docs/operations.md).
     """
 
-    FLUSH_S = 1.0
+    FLUSH_S = 1.0  # the thread's period, where there is no loop
+    TICK_S = 0.02
 
     def __init__(self) -> None:
         self.latency = Histogram(
@@ -73,7 +78,19 @@ class RayMetrics:
                                 boundaries=list(KERNEL_BUCKETS_MS), tag_keys=("model",))
         self._requests: deque[tuple[str, int, float, int, int, str]] = deque()
         self._batches: deque[tuple[str, int, int, float]] = deque()
-        threading.Thread(target=self._flush_forever, name="swiftembed-metrics", daemon=True).start()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # built outside a replica's loop (a test, a script): a thread records instead
+            threading.Thread(target=self._flush_forever, name="swiftembed-metrics", daemon=True).start()
+        else:
+            loop.call_later(self.TICK_S, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            self.flush()
+        except Exception:  # a metric must never take the replica down
+            log.exception("recording metrics failed")
+        loop.call_later(self.TICK_S, self._tick, loop)
 
     def request(self, route: str, status: int, latency_ms: float, texts: int, tokens: int, model: str) -> None:
         self._requests.append((route, status, latency_ms, texts, tokens, model))
