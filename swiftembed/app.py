@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import parse_qs
@@ -320,22 +321,28 @@ class EmbeddingApi:
         loop = asyncio.get_running_loop()
         chunk_s = self.settings.body_chunk_timeout_s
         deadline = loop.time() + self.settings.body_timeout_s
+        task, deadlines = asyncio.current_task(), _deadlines(loop)
+        assert task is not None
+        deadlines.watch(task, min(loop.time() + chunk_s, deadline))
         try:
-            async with asyncio.timeout(None) as timer:  # one timer per request, moved for each chunk
-                while True:
-                    timer.reschedule(min(loop.time() + chunk_s, deadline))
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _cut_short()
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise _too_large(limit)
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _cut_short()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+                deadlines.due[task] = min(loop.time() + chunk_s, deadline)
+        except asyncio.CancelledError:
+            if not deadlines.expired(task):
+                raise
             raise _timed_out() from None
+        finally:
+            deadlines.forget(task)
         return wire.parse_json(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     async def body_chunks(self, receive: Receive) -> AsyncIterator[bytes]:
@@ -351,6 +358,58 @@ class EmbeddingApi:
                 raise _cut_short()
             more = message.get("more_body", False)
             yield message.get("body", b"")
+
+
+class BodyDeadlines:
+    """Deadlines for reading request bodies on one event loop, kept by a task that sweeps them every TICK_S and
+    cancels the readers past theirs (so a deadline fires up to TICK_S late). An asyncio timer per request
+    (`asyncio.timeout`) cost ~7 us of a one-text request, a fifth of what the route itself does."""
+
+    TICK_S = 0.1
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.due: dict[asyncio.Task[Any], float] = {}
+        self.fired: set[asyncio.Task[Any]] = set()
+        self.sweeper: asyncio.Task[None] | None = None
+
+    def watch(self, task: asyncio.Task[Any], deadline: float) -> None:
+        self.due[task] = deadline
+        if self.sweeper is None:
+            self.sweeper = self.loop.create_task(self.sweep())
+
+    def expired(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the sweep cancelled `task` (its cancellation then taken back), rather than anyone else."""
+        if task not in self.fired:
+            return False
+        task.uncancel()
+        return True
+
+    def forget(self, task: asyncio.Task[Any]) -> None:
+        del self.due[task]
+        self.fired.discard(task)
+
+    async def sweep(self) -> None:
+        try:
+            while self.due:  # ends when no body is being read; the next reader starts it again
+                await asyncio.sleep(self.TICK_S)
+                now = self.loop.time()
+                for task, deadline in list(self.due.items()):
+                    if deadline <= now and task not in self.fired:
+                        self.fired.add(task)
+                        task.cancel()
+        finally:
+            self.sweeper = None
+
+
+_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BodyDeadlines] = weakref.WeakKeyDictionary()
+
+
+def _deadlines(loop: asyncio.AbstractEventLoop) -> BodyDeadlines:
+    found = _DEADLINES.get(loop)
+    if found is None:
+        found = _DEADLINES[loop] = BodyDeadlines(loop)
+    return found
 
 
 def _too_large(limit: int) -> ApiError:

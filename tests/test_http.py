@@ -115,3 +115,53 @@ def test_limits(strict_url):
                               "max_jsonl_bytes": 268435456, "max_jsonl_lines": 1000000, "max_document_chars": 4000000,
                               "body_chunk_timeout_s": 5.0, "body_timeout_s": 10.0, "auth": True}
     assert "s3cret" not in httpx.get(f"{strict_url}/openapi.json", headers=auth).text
+
+
+def test_body_deadline_answers_its_reader_and_leaves_other_cancellations_alone(embedder):
+    """The swept body deadline (BodyDeadlines) turns a stalled read into 408 and takes its cancellation back; a
+    cancellation from anyone else (a client gone, a server stopping) still cancels the request."""
+    import asyncio
+
+    from swiftembed.app import EmbeddingApi
+    from swiftembed.batching import Batcher
+    from swiftembed.catalog import Catalog
+    from swiftembed.metrics import NoMetrics
+    from swiftembed.settings import Settings
+    from swiftembed.wire import ApiError
+
+    api = EmbeddingApi(Catalog.of(embedder), Batcher(), Settings(body_chunk_timeout_s=0.2, body_timeout_s=0.5),
+                       NoMetrics())
+    scope = {"type": "http", "headers": [(b"content-type", b"application/json")]}
+
+    async def stalled_receive() -> dict:
+        await asyncio.sleep(3600)
+        return {}
+
+    async def dripping_receive() -> dict:  # a piece every 0.1 s, forever: the whole-body deadline ends it
+        await asyncio.sleep(0.1)
+        return {"type": "http.request", "body": b" ", "more_body": True}
+
+    async def reader(receive) -> tuple[str, int]:
+        try:
+            await api.read_json(scope, receive)
+        except ApiError as error:
+            task = asyncio.current_task()
+            assert task is not None
+            return error.status, task.cancelling()
+        return "read", 0
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await reader(stalled_receive) == (408, 0)  # cut at the 0.2 s chunk deadline
+        assert 0.2 <= loop.time() - start < 0.6
+        start = loop.time()
+        assert await reader(dripping_receive) == (408, 0)  # cut at the 0.5 s body deadline
+        assert 0.5 <= loop.time() - start < 0.9
+        other = asyncio.create_task(reader(stalled_receive))
+        await asyncio.sleep(0.05)
+        other.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await other
+
+    asyncio.run(main())
