@@ -91,7 +91,7 @@ class ServeProbes:
             return await self.app(scope, receive, send)
         if path == ROUTES_PATH:
             status, body, kind = 200, self.routes, b"application/json"
-        elif self.draining and (listeners(self.port) or 1) <= 1:
+        elif self.draining and alone_on(self.port):
             status, body, kind = 503, b"draining", b"text/plain"
         else:
             status, body, kind = 200, b"success", b"text/plain"
@@ -114,6 +114,11 @@ def listeners(port: int) -> int | None:
             if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
                 count += 1
     return count if seen else None
+
+
+def alone_on(port: int) -> bool:
+    """Whether at most one socket (this replica's) listens on `port`; where unknown, assume so (drain)."""
+    return (listeners(port) or 1) <= 1
 
 
 class ReplicaServer:
@@ -146,7 +151,7 @@ class ReplicaServer:
         then the port stays open without this one, and nothing need wait."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_s
-        while (left := deadline - loop.time()) > 0 and (listeners(self.address[1]) or 1) <= 1:
+        while (left := deadline - loop.time()) > 0 and alone_on(self.address[1]):
             self.probes.draining = True
             await asyncio.sleep(min(left, 0.25))
 

@@ -17,7 +17,6 @@ import functools
 import logging
 import os
 import signal
-import threading
 import time
 from collections import deque
 from typing import Any
@@ -58,7 +57,6 @@ class RayMetrics:
     ~20% faster under the replica ingress (13,460 vs 11,190 req/s, four runs each, docs/operations.md).
     """
 
-    FLUSH_S = 1.0  # the thread's period, where there is no loop
     TICK_S = 0.02
 
     def __init__(self) -> None:
@@ -78,12 +76,8 @@ class RayMetrics:
                                 boundaries=list(KERNEL_BUCKETS_MS), tag_keys=("model",))
         self._requests: deque[tuple[str, int, float, int, int, str]] = deque()
         self._batches: deque[tuple[str, int, int, float]] = deque()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # built outside a replica's loop (a test, a script): a thread records instead
-            threading.Thread(target=self._flush_forever, name="swiftembed-metrics", daemon=True).start()
-        else:
-            loop.call_later(self.TICK_S, self._tick, loop)
+        loop = asyncio.get_running_loop()  # Serve builds replicas on their event loop
+        loop.call_later(self.TICK_S, self._tick, loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -100,14 +94,6 @@ class RayMetrics:
 
     def exposition(self) -> tuple[bytes, str] | None:
         return None  # Ray exports these on each node's metrics port
-
-    def _flush_forever(self) -> None:
-        while True:
-            time.sleep(self.FLUSH_S)
-            try:
-                self.flush()
-            except Exception:  # a metric must never take the replica down
-                log.exception("recording metrics failed")
 
     def flush(self) -> None:
         """Record what the queues hold (deque pops are atomic, so requests may go on appending meanwhile)."""
