@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,8 @@ PR_SET_PDEATHSIG = 1
 # Serve's own paths on every proxy, which KubeRay probes (ServeProbes).
 HEALTH_PATH, ROUTES_PATH = "/-/healthz", "/-/routes"
 PROBE_PATHS = frozenset({HEALTH_PATH, ROUTES_PATH})
+# Where a draining replica leaves a marker (<port>/<pid>-<id>) for the other replicas on the machine (or pod).
+DRAIN_MARKERS = Path(tempfile.gettempdir()) / "swiftembed-draining"
 log = logging.getLogger("ray.serve")
 
 
@@ -76,8 +79,8 @@ class ServeProbes:
     has "success" in its body, and the head pod while that answers 200; so only pods whose replicas listen get
     traffic. `/-/routes` maps the route prefix to the application, as Serve's does.
 
-    While the replica drains (`draining`), `/-/healthz` answers 503 unless another replica still listens on the
-    port, and every other path is served as usual.
+    While the replica drains (`draining`), `/-/healthz` answers 503 unless another replica that is not draining
+    listens on the port, and every other path is served as usual.
     """
 
     def __init__(self, app: ASGIApp, port: int, routes: dict[str, str]) -> None:
@@ -91,7 +94,7 @@ class ServeProbes:
             return await self.app(scope, receive, send)
         if path == ROUTES_PATH:
             status, body, kind = 200, self.routes, b"application/json"
-        elif self.draining and alone_on(self.port):
+        elif self.draining and not others_serve(self.port):
             status, body, kind = 503, b"draining", b"text/plain"
         else:
             status, body, kind = 200, b"success", b"text/plain"
@@ -116,9 +119,27 @@ def listeners(port: int) -> int | None:
     return count if seen else None
 
 
-def alone_on(port: int) -> bool:
-    """Whether at most one socket (this replica's) listens on `port`; where unknown, assume so (drain)."""
-    return (listeners(port) or 1) <= 1
+def draining_on(port: int) -> int:
+    """Replicas of this machine (live processes) that have begun draining on `port`: their markers."""
+    count = 0
+    for marker in (DRAIN_MARKERS / str(port)).glob("*"):
+        try:
+            os.kill(int(marker.name.partition("-")[0]), 0)
+        except ProcessLookupError:  # a replica that died draining
+            marker.unlink(missing_ok=True)
+            continue
+        except (ValueError, PermissionError):
+            pass
+        count += 1
+    return count
+
+
+def others_serve(port: int) -> bool:
+    """Whether another replica listens on `port` and is not draining (so the port stays open without this one).
+    Replicas stopping together (a downscale by two, a pod's new config) each see the others' markers and all
+    drain. Where the listeners are unknown, assume none (drain)."""
+    known = listeners(port)
+    return known is not None and known - max(draining_on(port), 1) >= 1
 
 
 class ReplicaServer:
@@ -126,7 +147,7 @@ class ReplicaServer:
     other replicas. `stop` is the graceful end for the replica's shutdown: drain, stop accepting, close idle
     keep-alive connections, finish the requests in flight (their answers say `Connection: close`).
 
-    `drain_s`: how long a stopping replica that is the last one listening on the port keeps answering with
+    `drain_s`: how long a stopping replica that leaves no other (staying) one on the port keeps answering with
     `/-/healthz` failing, so that a load balancer's readiness probe takes the pod out before the port closes
     (KubeRay probes every 5 s and takes a pod out on the first failure); 0 on a single machine.
     """
@@ -135,6 +156,7 @@ class ReplicaServer:
                  routes: dict[str, str] | None = None) -> None:
         self.address = (host, port)
         self.drain_s = drain_s
+        self.marker = DRAIN_MARKERS / str(port) / f"{os.getpid()}-{id(self)}"
         self.probes = ServeProbes(app, port, routes or {"/": "swiftembed"})
         config = uvicorn.Config(self.probes, lifespan="off", access_log=False, log_level="warning", loop="none",
                                 timeout_keep_alive=keep_alive_s)
@@ -147,24 +169,33 @@ class ReplicaServer:
             raise RuntimeError(f"the replica's HTTP server on {self.address[0]}:{self.address[1]} has stopped")
 
     async def drain(self) -> None:
-        """Serve on for `drain_s` with `/-/healthz` failing, unless (or until) another replica listens on the port:
-        then the port stays open without this one, and nothing need wait."""
+        """Serve on for `drain_s` with `/-/healthz` failing, unless (or until) another replica that is not draining
+        listens on the port: then the port stays open without this one, and nothing need wait. The marker tells
+        other replicas that this one is leaving (`others_serve`)."""
+        if self.drain_s <= 0:
+            return
+        with contextlib.suppress(OSError):  # no marker: others count this replica as staying
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.touch()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_s
-        while (left := deadline - loop.time()) > 0 and alone_on(self.address[1]):
+        while (left := deadline - loop.time()) > 0 and not others_serve(self.address[1]):
             self.probes.draining = True
             await asyncio.sleep(min(left, 0.25))
 
     async def stop(self, timeout_s: float = 10.0) -> None:
-        await self.drain()
-        self.server.should_exit = True
         try:
-            await asyncio.wait_for(asyncio.shield(self.task), timeout_s)
-        except TimeoutError:
-            log.warning("the replica's HTTP server did not stop within %.0f s; closing it", timeout_s)
-            self.task.cancel()
-        except Exception:  # it stopped: how is for the log
-            log.exception("the replica's HTTP server failed")
+            await self.drain()
+            self.server.should_exit = True
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), timeout_s)
+            except TimeoutError:
+                log.warning("the replica's HTTP server did not stop within %.0f s; closing it", timeout_s)
+                self.task.cancel()
+            except Exception:  # it stopped: how is for the log
+                log.exception("the replica's HTTP server failed")
+        finally:  # only now: until its port closed, this replica counted as draining, not as staying
+            self.marker.unlink(missing_ok=True)
 
 
 def real_binary() -> str | None:

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from swiftembed.ingress import ReplicaServer, listeners
+from swiftembed.ingress import DRAIN_MARKERS, ReplicaServer, listeners
 from tests.servers import free_port
 
 
@@ -89,3 +89,41 @@ def test_a_replica_that_shares_its_port_stops_without_draining():
         await staying.stop()
 
     asyncio.run(main())
+
+
+def test_replicas_that_stop_together_leave_one_draining():
+    """Two replicas of a pod stopping at once (a downscale by two, a new config). Each marks itself draining before
+    it looks for others, so the second to look cannot take the first for one that stays: at least one drains,
+    and the port does not close before the probe has failed. (Counting listeners alone, both left at once.)"""
+
+    async def main() -> None:
+        port = free_port()
+        first, second = await started(port, drain_s=1.5), await started(port, drain_s=1.5)
+        url = f"http://127.0.0.1:{port}"
+        begun = time.monotonic()
+        stopping = [asyncio.create_task(first.stop()), asyncio.create_task(second.stop())]
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient(base_url=url) as client:
+            for _ in range(4):  # each a new connection, to whichever replica still listens
+                health = await client.get("/-/healthz", headers={"Connection": "close"})
+                assert (health.status_code, health.text) == (503, "draining")
+                assert (await client.post("/embed", headers={"Connection": "close"})).status_code == 200
+                await asyncio.sleep(0.2)
+        await asyncio.gather(*stopping)
+        assert time.monotonic() - begun >= 1.5
+        assert listeners(port) == 0
+        assert not list((DRAIN_MARKERS / str(port)).iterdir())
+
+    asyncio.run(main())
+
+
+def test_a_marker_left_by_a_dead_replica_is_not_counted(tmp_path):
+    """A replica killed while draining leaves its marker: a process that no longer exists does not count."""
+    from swiftembed.ingress import draining_on
+
+    port = free_port()
+    folder = DRAIN_MARKERS / str(port)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "999999999-1").touch()  # no such process (pid_max is at most 2**22)
+    assert draining_on(port) == 0
+    assert not (folder / "999999999-1").exists()
