@@ -15,8 +15,10 @@ from tests.servers import free_port
 
 async def hello(scope, receive, send) -> None:
     """The app behind the server: answers every request with 200 and its path."""
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": scope["path"].encode()})
+    body = scope["path"].encode()
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def started(port: int, **kwargs) -> ReplicaServer:
@@ -127,3 +129,37 @@ def test_a_marker_left_by_a_dead_replica_is_not_counted(tmp_path):
     (folder / "999999999-1").touch()  # no such process (pid_max is at most 2**22)
     assert draining_on(port) == 0
     assert not (folder / "999999999-1").exists()
+
+
+def test_an_idle_keep_alive_connection_gets_its_next_request_answered_while_the_server_closes():
+    """A client whose keep-alive connection is idle when the replica stops, sending its next request a moment
+    later, gets an answer saying `Connection: close`, not a cut connection (uvicorn's own shutdown cuts idle
+    connections at once: over a rolling update under load, one request in ~42,000 got no answer)."""
+
+    async def main() -> None:
+        port = free_port()
+        server = await started(port, close_grace_s=1.0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = b"POST /embed HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+
+        async def answer() -> bytes:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            return head.lower()
+
+        writer.write(request)
+        first = await answer()
+        assert first.startswith(b"http/1.1 200") and b"connection: close" not in first
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.sleep(0.3)  # the port is closed by now; this connection is idle
+        assert listeners(port) == 0
+        writer.write(request)
+        second = await answer()
+        assert second.startswith(b"http/1.1 200") and b"connection: close" in second
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # then the server closes it
+        writer.close()
+        await stopping
+
+    asyncio.run(main())
