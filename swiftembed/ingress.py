@@ -172,8 +172,9 @@ def draining_on(port: int) -> int:
 
 def others_serve(port: int) -> bool:
     """Whether another replica listens on `port` and is not draining (so the port stays open without this one).
-    Replicas stopping together (a downscale by two, a pod's new config) each see the others' markers and all
-    drain. Where the listeners are unknown, assume none (drain)."""
+    Replicas stopping together (a downscale by two, a pod's new config) each mark themselves before they look, so
+    the later ones see the earlier ones' markers: at least one drains. Where the listeners are unknown, assume
+    none (drain)."""
     known = listeners(port)
     return known is not None and known - max(draining_on(port), 1) >= 1
 
