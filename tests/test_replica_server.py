@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from swiftembed.ingress import DRAIN_MARKERS, ReplicaServer, listeners
+from swiftembed.ingress import DRAIN_MARKERS, ReplicaServer, draining_on, listeners
 from tests.servers import free_port
 
 
@@ -119,10 +119,8 @@ def test_replicas_that_stop_together_leave_one_draining():
     asyncio.run(main())
 
 
-def test_a_marker_left_by_a_dead_replica_is_not_counted(tmp_path):
+def test_a_marker_left_by_a_dead_replica_is_not_counted():
     """A replica killed while draining leaves its marker: a process that no longer exists does not count."""
-    from swiftembed.ingress import draining_on
-
     port = free_port()
     folder = DRAIN_MARKERS / str(port)
     folder.mkdir(parents=True, exist_ok=True)
