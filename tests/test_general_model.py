@@ -32,3 +32,24 @@ def test_readout_proxies_reward_agreement():
     same = proxies(teacher @ rng.normal(size=(12, 12)), teacher, pairs)  # an invertible linear map of the teacher
     noise = proxies(rng.normal(size=(400, 12)), teacher, pairs)
     assert same["readout"] > 95 and noise["readout"] < 30 and same["agreement"] > noise["agreement"]
+
+
+def test_sentiment_proxy_reads_a_polarity_direction():
+    pytest.importorskip("sklearn")
+    from training.general import sentiment_proxy
+
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(-1, 1, size=600).astype(np.float32)
+    noise = rng.normal(size=(600, 16))
+    readable = noise.copy()
+    readable[:, 3] += 4 * np.sign(scores)  # one direction carries the polarity
+    assert sentiment_proxy(readable, scores, seed=0) > 95
+    assert 30 < sentiment_proxy(noise, scores, seed=0) < 70  # nothing to read: about a coin's accuracy
+
+
+def test_polarity_signs():
+    pytest.importorskip("vaderSentiment")
+    from training.general import polarity
+
+    scores = polarity(["a wonderful, moving film", "dull, boring and far too long", "a table with four legs"])
+    assert scores[0] > 0.3 and scores[1] < -0.3 and scores[2] == 0

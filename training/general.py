@@ -11,7 +11,10 @@ base's own table: same tokenizer, 29,528 x 256) is fitted to all-MiniLM-L6-v2 ov
   point where the teacher's 384-dimensional vector points (cosine loss), so everything the teacher encodes about a
   text must be linearly readable from the static vector, which is what a linear probe reads;
 - relational distillation: the student's cosine matrix over a batch pulled towards the teacher's;
-- CoSENT on STS-B train pairs (as in training/train.py) so that similarity ranking is not lost.
+- CoSENT on STS-B train pairs (as in training/train.py) so that similarity ranking is not lost;
+- optionally (`--sentiment`), a sentiment head: a linear map of the student's vector regressed on VADER's compound
+  polarity of each text (vaderSentiment, a rule-based scorer with its own human-rated lexicon, MIT), so that the
+  polarity a sentiment probe reads is one direction of the mean of token rows rather than spread over topic.
 
 Text (every source a Debian package): WordNet 3.0 glosses, examples and lemmas (`wordnet-base`), sentences of
 Debian's `fortunes` (quotations, jokes, literature), STS-B train sentences. A seeded held-out part of that text
@@ -66,6 +69,26 @@ def build_corpus(args: argparse.Namespace, held_sentences: set[str], sts_sentenc
     }
 
 
+def polarity(texts: Sequence[str]) -> np.ndarray:
+    """VADER's compound polarity of each text, in [-1, 1] (0 for text with no sentiment word): ~25 us a text."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    score = SentimentIntensityAnalyzer().polarity_scores
+    return np.array([score(text)["compound"] for text in texts], dtype=np.float32)
+
+
+def sentiment_proxy(vectors: np.ndarray, scores: np.ndarray, seed: int) -> float:
+    """Held-out polarity readable by a linear probe: 5-fold logistic regression (C = 10, as `eval classify`) on the
+    texts VADER calls clearly positive or negative (|compound| >= 0.3), accuracy x 100. Training text only."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    keep = np.abs(scores) >= 0.3
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    probe = LogisticRegression(C=10.0, max_iter=2000)
+    return 100.0 * float(cross_val_score(probe, vectors[keep], scores[keep] > 0, cv=folds).mean())
+
+
 def proxies(vectors: np.ndarray, teacher: np.ndarray, pairs: np.ndarray) -> dict[str, float]:
     """Held-out agreement with the teacher: what the validation text says about a model, with no benchmark read.
 
@@ -100,6 +123,8 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     order = rng.permutation(len(corpus))
     held_rows, train_rows = np.sort(order[: args.held_out]), order[args.held_out :]
     held_teacher = teacher_all[held_rows]
+    scores = torch.from_numpy(polarity(corpus)) if args.sentiment > 0 else None
+    held_scores = polarity([corpus[i] for i in held_rows])
     held_pairs = rng.integers(0, len(held_rows), size=(20_000, 2))
     teacher = torch.from_numpy(teacher_all)
     log.info("sources %s; %d train / %d held-out texts; STS-B fit %d, val %d",
@@ -116,8 +141,9 @@ def train(args: argparse.Namespace) -> dict[str, object]:
                             start_x.T @ teacher[train_rows[:20_000]].double())
     readout = torch.nn.Linear(base.dim, teacher.shape[1], bias=False)
     readout.weight.data = w0.T.float().contiguous()
+    head = torch.nn.Linear(base.dim, 1)  # the sentiment head (--sentiment)
     optimizer = torch.optim.Adam([{"params": table.parameters(), "lr": args.lr},
-                                  {"params": readout.parameters(), "lr": args.readout_lr}])
+                                  {"params": [*readout.parameters(), *head.parameters()], "lr": args.readout_lr}])
 
     def embed(bags: Batches, rows: Sequence[int]):
         return F.normalize(table(*bags.bag(rows)), dim=-1)
@@ -130,8 +156,11 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         from swiftembed.evaluate import correlations
 
         figures = {"epoch": epoch, "sts_val": correlations(cos, val_y).spearman,
-                   **proxies(vectors, held_teacher, held_pairs)}
-        figures["score"] = (figures["sts_val"] + figures["agreement"] + figures["readout"]) / 3
+                   **proxies(vectors, held_teacher, held_pairs),
+                   "sentiment": sentiment_proxy(vectors, held_scores, args.seed)}
+        chosen_by = ("sts_val", "agreement", "readout", "sentiment") if args.sentiment > 0 else (
+            "sts_val", "agreement", "readout")
+        figures["score"] = sum(figures[k] for k in chosen_by) / len(chosen_by)
         return {k: v if k == "epoch" else round(float(v), 2) for k, v in figures.items()}
 
     val_a, val_b = Batches(base, [p.a for p in val]), Batches(base, [p.b for p in val])
@@ -154,6 +183,8 @@ def train(args: argparse.Namespace) -> dict[str, object]:
                 pairs = rng.choice(len(fit), args.batch, replace=False)
                 cos = (embed(fit_a, pairs) * embed(fit_b, pairs)).sum(-1)
                 loss = loss + args.sts * cosent_loss(cos, fit_y[pairs])
+            if scores is not None:
+                loss = loss + args.sentiment * F.mse_loss(head(student).squeeze(-1), scores[rows])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -162,8 +193,8 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         if history[-1]["score"] > best["figures"]["score"]:
             best = {"figures": history[-1], "table": table.weight.detach().clone()}
     settings = {k: getattr(args, k) for k in ("seed", "epochs", "steps", "lr", "readout_lr", "direct", "relational",
-                                              "sts", "batch", "corpus_batch", "held_out", "wordnet", "lemmas",
-                                              "fortunes")}
+                                              "sts", "sentiment", "batch", "corpus_batch", "held_out", "wordnet",
+                                              "lemmas", "fortunes")}
     return {
         "table": best["table"].numpy(),
         "base": base,
@@ -231,6 +262,8 @@ def main() -> None:
     parser.add_argument("--direct", type=float, default=50.0, help="weight of the direct (readout) distillation")
     parser.add_argument("--relational", type=float, default=10.0, help="weight of the cosine-matrix distillation")
     parser.add_argument("--sts", type=float, default=1.0, help="weight of CoSENT on STS-B train pairs")
+    parser.add_argument("--sentiment", type=float, default=0.0,
+                        help="weight of the sentiment head (VADER polarity regression); 0: off")
     parser.add_argument("--batch", type=int, default=32, help="STS-B pairs per step")
     parser.add_argument("--corpus-batch", type=int, default=256, help="distillation texts per step")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float16")
