@@ -249,7 +249,10 @@ def render(run: dict, source: str, before: dict | None = None, before_source: st
         lines += ["", "Where the bound is below 90% of the no-op, no implementation of that shape in this process can "
                   "reach 90% of it: our in-process work alone (embedding, and for JSON answers writing every float as "
                   "text) costs more than the no-op's whole request. Raw float32 answers (`Accept: "
-                  "application/octet-stream`) remove most of the writing."]
+                  "application/octet-stream`) remove most of the writing. The bound is generous: it counts our work "
+                  "at its hot in-process time, while inside a replica the same work costs several times that (caches "
+                  "cooled by Ray's and the server's own work between requests; docs/operations.md, \"What Ray does "
+                  "per request\"): a route doing this work in one replica stays below it."]
     lines += scale_section(results)
     if before is not None:
         lines += ["", "## Before and after", "",
