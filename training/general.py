@@ -241,10 +241,11 @@ A general-purpose static token table trained by SwiftEmbed (`training/general.py
   {validation_pairs} held out. STS-B dev and the SentEval MR/CR/MPQA sentences were not read during training.
 - Losses per step ({corpus_batch} texts, {batch} STS-B pairs): direct distillation (cosine between a learned linear
   map of the student's vector and the teacher's) x {direct}, relational (cosine-matrix MSE) x {relational},
-  CoSENT x {sts}. Adam lr {lr} (rows) / {readout_lr} (map); {epochs} epochs of {steps} steps, kept: epoch
-  {best_epoch} (held-out STS-B val Spearman {best_sts_val}, teacher agreement {best_agreement}, readout
-  {best_readout}); {training_seconds} s on 2 CPU cores.
-- Reproduce: `.venv/bin/python -m training.general --out <dir> --seed {seed}` (defaults are these settings);
+  CoSENT x {sts}, sentiment head (VADER polarity) x {sentiment}. Adam lr {lr} (rows) / {readout_lr} (map);
+  {epochs} epochs of {steps} steps, kept: epoch {best_epoch} (held-out STS-B val Spearman {best_sts_val}, teacher
+  agreement {best_agreement}, readout {best_readout}, sentiment proxy {best_sentiment}); {training_seconds} s on 2
+  CPU cores.
+- Reproduce: `.venv/bin/python -m training.general --out <dir> --seed {seed} --sentiment {sentiment}` (other settings: defaults);
   `training.json` has every epoch's validation figures, SHA256SUMS the files' checksums.
 """
 
