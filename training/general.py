@@ -245,8 +245,8 @@ A general-purpose static token table trained by SwiftEmbed (`training/general.py
   {epochs} epochs of {steps} steps, kept: epoch {best_epoch} (held-out STS-B val Spearman {best_sts_val}, teacher
   agreement {best_agreement}, readout {best_readout}, sentiment proxy {best_sentiment}); {training_seconds} s on 2
   CPU cores.
-- Reproduce: `.venv/bin/python -m training.general --out <dir> --seed {seed} --sentiment {sentiment}` (other settings: defaults);
-  `training.json` has every epoch's validation figures, SHA256SUMS the files' checksums.
+- Reproduce: `.venv/bin/python -m training.general --out <dir> --seed {seed} --sentiment {sentiment}` (other
+  settings: the defaults); `training.json` has every epoch's validation figures, SHA256SUMS the files' checksums.
 """
 
 
