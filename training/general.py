@@ -119,7 +119,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     rng, base, fit, val, held = seeded_start(args)
     sources = build_corpus(args, held, sorted({s for p in fit for s in (p.a, p.b)} - held))
     corpus = [t for part in sources.values() for t in part]
-    teacher_all = teacher_vectors(corpus)
+    teacher_all = teacher_vectors(corpus, args.teacher)
     order = rng.permutation(len(corpus))
     held_rows, train_rows = np.sort(order[: args.held_out]), order[args.held_out :]
     held_teacher = teacher_all[held_rows]
@@ -256,6 +256,8 @@ def main() -> None:
     parser.add_argument("--lemmas", type=int, default=60_000, help="WordNet lemmas (words and collocations)")
     parser.add_argument("--fortunes", type=int, default=30_000, help="fortunes sentences (at most ~21,600 exist)")
     parser.add_argument("--held-out", type=int, default=4_000, help="texts held out to choose the epoch")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="a sentence-transformers model directory to distil (default: all-MiniLM-L6-v2)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--steps", type=int, default=300, help="steps per epoch")
     parser.add_argument("--lr", type=float, default=0.02, help="Adam learning rate of the rows")

@@ -49,14 +49,15 @@ def split_pairs(pairs: Sequence[Pair], seed: int, held_out: float = 0.1) -> tupl
     return [pairs[i] for i in order[cut:]], [pairs[i] for i in order[:cut]]
 
 
-def teacher_vectors(sentences: list[str]) -> np.ndarray:
-    """Unit-length all-MiniLM-L6-v2 vectors, cached on disk by the sentences' digest (encoding takes minutes)."""
+def teacher_vectors(sentences: list[str], teacher: Path | None = None) -> np.ndarray:
+    """Unit-length all-MiniLM-L6-v2 vectors (or those of the sentence-transformers model at `teacher`), cached on
+    disk by the sentences' digest and the teacher's name (encoding takes minutes)."""
     digest = hashlib.sha256("\n".join(sentences).encode()).hexdigest()[:16]
-    path = CACHE / f"teacher-{digest}.npy"
+    path = CACHE / (f"teacher-{digest}.npy" if teacher is None else f"teacher-{teacher.name}-{digest}.npy")
     if path.exists():
         return np.load(path)
     start = time.perf_counter()
-    vectors = load_contextual(batch_size=128)(sentences).astype(np.float32)
+    vectors = load_contextual(batch_size=128, path=teacher)(sentences).astype(np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     log.info("teacher: %d sentences in %.0f s", len(sentences), time.perf_counter() - start)
     CACHE.mkdir(parents=True, exist_ok=True)
