@@ -158,8 +158,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         figures = {"epoch": epoch, "sts_val": correlations(cos, val_y).spearman,
                    **proxies(vectors, held_teacher, held_pairs),
                    "sentiment": sentiment_proxy(vectors, held_scores, args.seed)}
-        chosen_by = ("sts_val", "agreement", "readout", "sentiment") if args.sentiment > 0 else (
-            "sts_val", "agreement", "readout")
+        chosen_by = ("sts_val", "agreement", "readout", *(("sentiment",) if args.sentiment > 0 else ()))
         figures["score"] = sum(figures[k] for k in chosen_by) / len(chosen_by)
         return {k: v if k == "epoch" else round(float(v), 2) for k, v in figures.items()}
 
