@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,11 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from swiftembed import Embedder
 from swiftembed.model import DEFAULT_MODEL_DIR
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# ../shared beside the checkout holds the evaluation data; a plain clone has none. SWIFTEMBED_SHARED points
+# elsewhere (`none`: behave as a plain clone, so every data-dependent test runs on the generated stand-ins).
+SHARED = Path(os.environ.get("SWIFTEMBED_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 STSB_DIR = SHARED / "data" / "stsb"
+SENTEVAL_DIR = SHARED / "data" / "senteval"
 
 # Texts chosen to hit every branch of tokenization and pooling.
 VARIED_TEXTS = [
@@ -41,6 +45,21 @@ VARIED_TEXTS = [
     "word " * 700,
     "naïve " * 300 + "end",
 ]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--data-dependent", action="store_true",
+        help="run only the tests that read the `sentences` fixture (with SWIFTEMBED_SHARED=none: what a plain "
+             "clone runs on its generated stand-in data)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--data-dependent"):
+        keep = [item for item in items if "sentences" in getattr(item, "fixturenames", ())]
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")

@@ -219,6 +219,25 @@ def long_document(sentences: list[str], chars: int) -> str:
     return "".join(parts)[:chars]
 
 
+def summation_rounding(embedder: Embedder, texts: list[str], dimensions: int | None = None) -> np.ndarray:
+    """How far two float32 means of each text's n token rows may differ by rounding alone, per element.
+
+    A float32 sum of n terms is off by at most (n - 1) * eps * sum|x| (so its mean by (n - 1) * eps * mean|x|):
+    `encode` sums that way, chunks sum their segments in float64 and are rounded once. Twice n * eps * mean|x|
+    (weighted rows as pooled) bounds their difference; it grows with a text's length and its rows' magnitude.
+    """
+    eps = float(np.finfo(np.float32).eps)
+    table, model = np.abs(embedder.table.astype(np.float64)), embedder.model
+    bounds = []
+    for ids in embedder.tokenize(texts):
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = table[ids if model.mapping is None else model.mapping[ids]]
+        if model.weights is not None:
+            rows = rows * np.abs(model.weights[ids, None])
+        bounds.append(2 * len(ids) * eps * rows.mean(axis=0)[:dimensions])
+    return np.stack(bounds)
+
+
 def random_text(rng: np.random.Generator, words: int) -> str:
     out = []
     for _ in range(words):
@@ -412,7 +431,11 @@ def test_options_as_encode(embedder, sentences, options):
     expected = embedder.encode([text[c.start : c.end] for c in chunks], **options)
     got = np.stack([c.embedding for c in chunks])
     assert got.dtype == expected.dtype and got.shape == expected.shape
-    if options.get("precision", "float32") == "float32":
+    if options.get("precision", "float32") == "float32" and not options.get("normalize", True):
+        # Unnormalized means reach |5| here (a float32 step of 4.8e-7): compare at float32 summation rounding.
+        bound = summation_rounding(embedder, [text[c.start : c.end] for c in chunks], options.get("dimensions"))
+        assert np.all(np.abs(got - expected) <= bound)
+    elif options.get("precision", "float32") == "float32":
         np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
     else:  # a rounding difference may flip a code at a step edge: almost all codes are equal
         assert np.mean(got == expected) > 0.999
@@ -443,8 +466,9 @@ def test_chunk_sums_are_what_serving_finishes(embedder, sentences):
             vectors = embedder.finish(one.sums, tokens=one.counts)
             np.testing.assert_allclose(vectors, embedder.encode([text[s:e] for s, e in one.spans]), atol=ATOL)
             means = embedder.finish(one.sums, tokens=one.counts, normalize=False)
-            expected = embedder.encode([text[s:e] for s, e in one.spans], normalize=False)
-            np.testing.assert_allclose(means, expected, atol=ATOL)
+            pieces = [text[s:e] for s, e in one.spans]
+            expected = embedder.encode(pieces, normalize=False)
+            assert np.all(np.abs(means - expected) <= summation_rounding(embedder, pieces))
 
 
 def test_single_string_and_thin_method(embedder):
@@ -506,7 +530,7 @@ def test_ascii_words_match_the_tokenizer(every, sentences, monkeypatch):
     rng = np.random.default_rng(3)
     ascii_fragments = [f for f in FRAGMENTS if f.isascii()]
     texts = [
-        *sentences[:300],
+        *[sentence for sentence in sentences if sentence.isascii()][:300],
         long_document(sentences, 20_000).encode("ascii", "ignore").decode(),
         *(f * 3 for f in ascii_fragments),
         *("".join(rng.choice(ascii_fragments + [" ", "\n", "\t", ""], size=40)) for _ in range(200)),

@@ -12,10 +12,11 @@ import pytest
 from swiftembed.bulk import InputError
 from swiftembed.classify import evaluate_classification, mean_accuracy, probe, read_sets
 from swiftembed.cli import main
+from tests.conftest import SENTEVAL_DIR
 
 pytest.importorskip("sklearn")
 
-SENTEVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "senteval"
+SENTEVAL = SENTEVAL_DIR
 FOOD = "apple bread cheese butter pasta soup rice salad pepper onion garlic lemon".split()
 SPORT = "football tennis soccer golf hockey rugby cricket boxing skiing cycling rowing sprint".split()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +12,12 @@ import pytest
 from swiftembed import Embedder
 from swiftembed.evaluate import SUITE_COUNTS, Pair, accuracy, check_suite, evaluate_sts, read_pairs, run_suite
 from swiftembed.model import DEFAULT_MODEL_DIR
+from tests.conftest import STSB_DIR
 from training.corpus import WORDNET_DIR, sample_sentences, wordnet_antonyms, wordnet_sentences
 from training.train import split_pairs
 
 TRAINED_DIR = DEFAULT_MODEL_DIR.parent / "swiftembed-potion-sts-8M"
-STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
+STSB = STSB_DIR
 needs_wordnet = pytest.mark.skipif(not (WORDNET_DIR / "data.noun").exists(), reason="Debian wordnet-base absent")
 needs_stsb = pytest.mark.skipif(not (STSB / "sts-dev.csv").exists(), reason="../shared/data/stsb absent")
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch (eval extra) absent")
