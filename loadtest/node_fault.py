@@ -43,11 +43,14 @@ class RetryingLoad:
     """
 
     def __init__(self, url: str, *, concurrency: int = 4, texts_per_request: int = 1, max_requests: int = 200_000,
-                 nice: int = 0):
+                 nice: int = 0, raw: bool = False, words: int = 0):
         """`nice`: the load thread's niceness. Clients of a real service run on other machines; on a test machine
         they share the service's cores, and a positive value keeps them from taking the CPU the service needs
-        (for example to start a replacement replica)."""
+        (for example to start a replacement replica). `raw`: ask for raw float32 answers (cheap for the client to
+        read, so that the service, not the client, is the limit); `words`: that many more words in each text,
+        accented, so that the server tokenizes them with the tokenizer itself, not its ASCII fast path's cache."""
         self.url, self.concurrency, self.per_request, self.nice = url, concurrency, texts_per_request, nice
+        self.raw, self.words = raw, words
         self.max_requests = max_requests
         self.attempts: list[tuple[float, str]] = []
         self.results: dict[int, object] = {}  # request index -> embeddings (None until answered)
@@ -57,7 +60,8 @@ class RetryingLoad:
         self._thread = threading.Thread(target=self._main, daemon=True)
 
     def texts(self, i: int) -> list[str]:
-        return [f"fault request {i} text {j} about topic {(i + j) % 13}" for j in range(self.per_request)]
+        tail = " naïve café déjà vu über" * (self.words // 5)
+        return [f"fault request {i} text {j} about topic {(i + j) % 13}{tail}" for j in range(self.per_request)]
 
     def start(self) -> RetryingLoad:
         self._thread.start()
@@ -74,8 +78,10 @@ class RetryingLoad:
 
     async def _run(self) -> None:
         import httpx
+        import numpy as np
 
-        async with httpx.AsyncClient(base_url=self.url, timeout=30) as http:
+        headers = {"Accept": "application/octet-stream"} if self.raw else {}
+        async with httpx.AsyncClient(base_url=self.url, timeout=30, headers=headers) as http:
 
             async def client() -> None:
                 while not self._stop.is_set():
@@ -92,7 +98,8 @@ class RetryingLoad:
                             r, outcome = None, type(exc).__name__
                         self.attempts.append((time.monotonic(), outcome))
                         if r is not None and r.status_code == 200:
-                            self.results[i] = r.json()["embeddings"]
+                            self.results[i] = (np.frombuffer(r.content, "<f4").reshape(self.per_request, -1)
+                                               if self.raw else r.json()["embeddings"])
                             break
                         if r is not None and r.status_code < 500:
                             break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -251,6 +252,12 @@ def _add_env(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     p.add_argument("--ingress", choices=INGRESSES, default="replica")
     p.add_argument("--port", type=int, default=8000, help="the service's port (names HAProxy's file directory)")
+    p.add_argument("--auth", choices=("token", "disabled"), default="token",
+                   help="Ray's token authentication (a head starts with it on; every node must then have it and "
+                        "the same token)")
+    p.add_argument("--auth-token-file", type=Path,
+                   help="the file holding the cluster's token, the same on every node (RAY_AUTH_TOKEN_PATH; "
+                        "default: Ray's ~/.ray/auth_token). Its path is printed, never the token")
     p.set_defaults(run=_run_env)
 
 
@@ -259,8 +266,17 @@ def _run_env(args: argparse.Namespace) -> int:
 
     from swiftembed.ingress import choose_ingress, serve_environment
 
-    for key, value in serve_environment(choose_ingress(args.ingress), args.port).items():
+    env = serve_environment(choose_ingress(args.ingress), args.port)
+    env["RAY_AUTH_MODE"] = args.auth
+    if args.auth == "token" and args.auth_token_file is not None:
+        env["RAY_AUTH_TOKEN_PATH"] = str(args.auth_token_file.resolve())
+    for key, value in env.items():
         print(f"export {key}={shlex.quote(value)}")
+    if args.auth == "token" and args.auth_token_file is None and "RAY_AUTH_TOKEN" not in os.environ:
+        token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        state = "found" if token.is_file() else "missing: `ray get-auth-token --generate` makes one"
+        print(f"# Ray's token: {token} ({state}); every node needs the same token there, or RAY_AUTH_TOKEN_PATH "
+              "naming a file that holds it")
     return 0
 
 

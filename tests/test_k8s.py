@@ -409,3 +409,12 @@ def test_dashboard_configmap_is_the_dashboard_file():
     assert configmap["metadata"]["name"] == "swiftembed-grafana-dashboard", "no hash suffix: a stable name"
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert configmap["data"] == {"swiftembed.json": DASHBOARD.read_text()}
+
+
+def test_ray_token_authentication_is_on_and_no_token_is_written():
+    """Ray 2.60's head starts with token authentication; every pod must join with the same token, which KubeRay's
+    authOptions provide from a Secret it makes. A token value in a manifest would be a leaked secret."""
+    assert cluster()["authOptions"] == {"mode": "token"}
+    for group in groups():
+        env = {e["name"]: e for e in ray_container(group).get("env", [])}
+        assert "RAY_AUTH_TOKEN" not in env or "value" not in env["RAY_AUTH_TOKEN"]

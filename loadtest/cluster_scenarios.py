@@ -1,0 +1,518 @@
+"""The cluster scenarios of docs/reliability.md: SwiftEmbed on several hosts behind an ingress, under load while
+hosts join, fail and update.
+
+    .venv/bin/python -m loadtest.cluster_scenarios [--json out.json] [--only spread host-kill ...]
+
+Runs as root (network namespaces; see loadtest/cluster.py). One cluster of a head and three 1-CPU worker hosts
+serves every scenario in turn; each scenario runs a bounded load through the ingress on 127.0.0.1 (a raw HTTP
+client that retries a failed request, and the official openai client with one retry) and reports requests sent,
+failed requests for a client that retries once, the longest pause between two answers, and its own timings.
+tests/test_cluster.py runs the same functions and checks their figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadtest.cluster import METRICS_PORT, Cluster, Host, http_get, namespaces_missing, running
+from loadtest.node_fault import RetryingLoad
+
+APP, DEPLOYMENT = "swiftembed", "SwiftEmbed"
+NICE = 10  # the load shares the hosts' cores: it yields to them (clients of a real service run elsewhere)
+
+# The project's deploy/serve-cluster.yaml with what a cluster of three 1-CPU hosts and bounded scenarios need:
+# one model to start with (the rolling update adds the second), and the autoscaler's delays shortened.
+FIRST = {
+    "args.models": ["potion-base-8M"],
+    "autoscaling_config.min_replicas": 2,
+    "autoscaling_config.initial_replicas": 2,
+    "autoscaling_config.max_replicas": 2,
+}
+AUTOSCALING = {
+    **FIRST,
+    "autoscaling_config.max_replicas": 3,
+    "autoscaling_config.upscale_delay_s": 2,
+    "autoscaling_config.downscale_delay_s": 8,
+    "autoscaling_config.look_back_period_s": 3,
+    "autoscaling_config.target_ongoing_requests": 2,
+}
+UPDATED = {**FIRST, "args.models": ["potion-base-8M", "swiftembed-potion-sts-8M"],
+           "user_config": {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}}
+
+
+@dataclass
+class Watch:
+    """Samples, every 0.1 s in a thread, which hosts the ingress routes to and how many 2xx each has answered."""
+
+    cluster: Cluster
+    samples: list[tuple[float, dict[str, int]]] = field(default_factory=list)  # time, up host -> 2xx so far
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), self.cluster.ingress_servers()))
+            except OSError:
+                pass
+            self._stop.wait(0.1)
+
+    def first(self, condition: Callable[[dict[str, int]], bool], after: float) -> float | None:
+        """Seconds from `after` until a sample met `condition`."""
+        return next((round(t - after, 2) for t, up in self.samples if t >= after and condition(up)), None)
+
+
+def host_requests(host: Host) -> float:
+    """Requests this host's replicas have answered, from its own Ray metrics endpoint (0 when it has none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = http_get(f"http://{host.address}:{METRICS_PORT}/metrics", 3.0)
+    if status != 200:
+        return 0.0
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               if family.name == "ray_swiftembed_requests" for sample in family.samples
+               if sample.name.endswith("_total"))
+
+
+class OpenAILoad:
+    """The official openai client (max_retries=1) embedding one text at a time in a thread, until stopped."""
+
+    def __init__(self, url: str) -> None:
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=1, timeout=10)
+        self.sent = self.failed = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> OpenAILoad:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import os
+
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        while not self._stop.is_set():
+            self.sent += 1
+            try:
+                got = self.client.embeddings.create(model="potion-base-8M", input=[f"openai request {self.sent}"])
+                assert len(got.data[0].embedding) == 256
+            except Exception as exc:  # noqa: BLE001 - every failure is counted and named
+                self.failed += 1
+                self.errors.append(type(exc).__name__)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(30)
+        return {"openai_requests": self.sent, "openai_failed": self.failed, "openai_errors": sorted(set(self.errors))}
+
+
+class Load:
+    """The raw HTTP load (RetryingLoad: 8 connections, every request retried on a 5xx or a broken connection)
+    and the openai client, together; `figures` counts against `t0`, the scenario's event."""
+
+    def __init__(self, url: str, concurrency: int = 8, **kwargs: Any) -> None:
+        self.raw = RetryingLoad(url, concurrency=concurrency, nice=NICE, **kwargs)
+        self.openai = OpenAILoad(url)
+
+    def __enter__(self) -> Load:
+        self.started = time.monotonic()
+        self.raw.start()
+        self.openai.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if not hasattr(self, "openai_figures"):
+            self.raw.stop()
+            self.openai_figures = self.openai.stop()
+            self.seconds = time.monotonic() - self.started
+
+    def figures(self, t0: float) -> dict[str, Any]:
+        from swiftembed import Embedder
+
+        self.stop()
+        raw = self.raw.figures(t0, Embedder.load())
+        return {
+            "requests": raw["requests"] + self.openai_figures["openai_requests"],
+            "failed_with_one_retry": raw["failed_with_one_retry"] + self.openai_figures["openai_failed"],
+            "lost": raw["lost"],
+            "wrong_vectors": raw["wrong_vectors"],
+            "longest_pause_s": raw["longest_pause_between_answers_s"],
+            "requests_per_s": round((raw["requests"] + self.openai_figures["openai_requests"]) / self.seconds),
+            "raw_attempt_outcomes": raw["attempt_outcomes"],
+            **self.openai_figures,
+        }
+
+
+def replicas_by_host(cluster: Cluster) -> dict[str, int]:
+    """RUNNING replicas per host, in Serve's view."""
+    by_ip = {h.address: h.name for h in cluster.members}
+    app = cluster.serve_status()["applications"].get(APP, {})
+    replicas = app.get("deployments", {}).get(DEPLOYMENT, {}).get("replicas", [])
+    counts: dict[str, int] = {}
+    for r in replicas:
+        if r.get("state") == "RUNNING":
+            name = by_ip.get(r.get("node_ip"), r.get("node_ip"))
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def settled(cluster: Cluster, replicas: int) -> bool:
+    """The app RUNNING, its deployment HEALTHY with exactly `replicas` replicas, all RUNNING (none STOPPING)."""
+    app = cluster.serve_status()["applications"].get(APP, {})
+    deployment = app.get("deployments", {}).get(DEPLOYMENT, {})
+    states = [r.get("state") for r in deployment.get("replicas", [])]
+    return (app.get("status") == "RUNNING" and deployment.get("status") == "HEALTHY"
+            and states == ["RUNNING"] * replicas)
+
+
+def running_replicas(cluster: Cluster) -> int:
+    return sum(replicas_by_host(cluster).values())
+
+
+def app_status(cluster: Cluster) -> str:
+    return cluster.serve_status()["applications"].get(APP, {}).get("status", "")
+
+
+def settle(cluster: Cluster, replicas: int, timeout: float = 120) -> float:
+    """Until Serve has settled on `replicas` replicas (`settled`), every one's host in the ingress."""
+    def ready() -> bool:
+        return settled(cluster, replicas) and set(replicas_by_host(cluster)) <= set(cluster.ingress_servers())
+
+    return cluster.wait_for(ready, timeout, f"{replicas} replicas running and routed")
+
+
+# The scenarios -----------------------------------------------------------------------------------------------
+
+
+def spread(cluster: Cluster, url: str, seconds: float = 6.0) -> dict[str, Any]:
+    """One replica on each of two worker hosts: both answer a share of the load, by their own metrics."""
+    settle(cluster, 2)
+    placed = replicas_by_host(cluster)
+    before = {h.name: host_requests(h) for h in cluster.members}
+    with Load(url) as load:
+        time.sleep(seconds)
+    figures = load.figures(load.started)
+    answered = figures["requests"] - figures["failed_with_one_retry"]
+
+    def counted() -> dict[str, float]:
+        return {h.name: host_requests(h) - before[h.name] for h in cluster.members}
+
+    # Ray exports a replica's counters every few seconds: wait until the hosts account for every answer.
+    cluster.wait_for(lambda: sum(counted().values()) >= answered, 30, "every answer in the hosts' metrics")
+    by_host = counted()
+    total = sum(by_host.values())
+    return {**figures, "replicas_by_host": placed,
+            "share_by_host": {name: round(n / total, 3) for name, n in by_host.items() if n}}
+
+
+def scale_out_and_in(cluster: Cluster, url: str, max_s: float = 45.0) -> dict[str, Any]:
+    """A load step: the autoscaler adds a replica, which lands on the third host; the ingress routes to it once
+    ready; after the step, back to two."""
+    cluster.deploy(AUTOSCALING)  # autoscaling fields only: a lightweight update, no replica restarts
+    settle(cluster, 2)
+    before = set(replicas_by_host(cluster))
+    spare = next(h.name for h in cluster.workers if h.name not in before)
+    # 32 texts of ~200 accented words a request, raw float32 answers: the replicas, not the load generator, are the
+    # limit (with one short text a request, the Python load generator is).
+    with Watch(cluster) as watch, Load(url, concurrency=16, texts_per_request=32, raw=True, words=200) as load:
+        t0 = load.started
+        cluster.wait_for(lambda: watch.first(lambda up: up.get(spare, 0) > 0, t0) is not None, max_s,
+                         "the new host serving")
+        time.sleep(2)
+        load.stop()
+        step_end = time.monotonic()
+        cluster.wait_for(lambda: running_replicas(cluster) == 2, 60, "scale-in to 2")
+        scaled_in = time.monotonic() - step_end
+        figures = load.figures(t0)
+    return {
+        **figures,
+        "new_host": spare,
+        "new_host_in_ingress_s": watch.first(lambda up: spare in up, t0),
+        "first_request_on_new_host_s": watch.first(lambda up: up.get(spare, 0) > 0, t0),
+        "scaled_in_after_step_s": round(scaled_in, 1),
+        "replicas_by_host_after": replicas_by_host(cluster),
+    }
+
+
+def host_loss(cluster: Cluster, url: str, how: str = "kill", before_s: float = 3.0, down_s: float = 10.0,
+              after_s: float = 6.0) -> dict[str, Any]:
+    """A serving worker host lost mid-load: its processes SIGKILLed (`kill`) or its link cut (`link`). The
+    ingress drops it, Serve replaces its replica on the spare host, the host comes back (Ray started again, or
+    the link restored) and rejoins the cluster."""
+    cluster.deploy(FIRST)
+    settle(cluster, 2)
+    victim = next(h for h in cluster.workers if h.name in replicas_by_host(cluster))
+    old_node = next(i for i, (ip, state) in cluster.nodes().items() if ip == victim.address and state == "ALIVE")
+    dead_at: list[float] = []
+
+    def replaced() -> bool:
+        nodes = cluster.nodes()
+        if not dead_at and nodes[old_node][1] == "DEAD":
+            dead_at.append(time.monotonic())
+        return running_replicas(cluster) == 2 and victim.name not in replicas_by_host(cluster)
+
+    restarted: list[float] = []
+
+    def rejoined() -> bool:
+        nodes = cluster.nodes()
+        if how == "link" and nodes[old_node][1] == "ALIVE":
+            return True  # back before the cluster gave it up
+        if how == "link" and victim.ray is not None and victim.ray.poll() is not None and not restarted:
+            # Given up while cut off, its raylet exits once it can reach the head again (and `ray start --block`
+            # with it): started again, as Kubernetes restarts a pod's container whose process ended.
+            restarted.append(time.monotonic())
+            victim.kill()
+            cluster.start_ray(victim)
+        return any(ip == victim.address and state == "ALIVE" and i != old_node for i, (ip, state) in nodes.items())
+
+    with Watch(cluster) as watch, Load(url) as load:
+        time.sleep(before_s)
+        t0 = time.monotonic()
+        if how == "kill":
+            killed = victim.kill()
+        else:
+            victim.link(up=False)
+            killed = 0
+        replaced_s = cluster.wait_for(replaced, 90, "the replica replaced")
+        time.sleep(max(0.0, down_s - (time.monotonic() - t0)))
+        back_at = time.monotonic()
+        if how == "kill":
+            cluster.start_ray(victim)
+        else:
+            victim.link(up=True)
+        rejoined_s = cluster.wait_for(rejoined, 90, "the host rejoined")
+        if how == "kill" and not dead_at:
+            cluster.wait_for(lambda: replaced() and bool(dead_at), 60, "the lost node marked dead", every=0.25)
+        # Until Serve has finished with the lost replica (a cut-off one stays STOPPING until it can be reached).
+        settled_s = cluster.wait_for(lambda: settled(cluster, 2), 180, "Serve settled")
+        time.sleep(after_s)
+        load.stop()
+        figures = load.figures(t0)
+    return {
+        **figures,
+        "how": "SIGKILL of every process on the host" if how == "kill" else "link cut",
+        "processes_killed": killed,
+        "dropped_by_ingress_s": watch.first(lambda up: victim.name not in up, t0),
+        "replica_replaced_s": round(replaced_s, 1),
+        "node_marked_dead_s": round(dead_at[0] - t0, 1) if dead_at else None,
+        "host_back_after_s": round(back_at - t0, 1),
+        "rejoined_cluster_s": round(rejoined_s, 1),
+        "ray_restarted_after_link_back_s": round(restarted[0] - back_at, 1) if restarted else None,
+        "settled_after_host_back_s": round(settled_s, 1),
+        "replicas_by_host_after": replicas_by_host(cluster),
+    }
+
+
+def rolling_update(cluster: Cluster, url: str) -> dict[str, Any]:
+    """A new config under load (a model added, batch settings changed): replicas replaced one by one."""
+    cluster.deploy(FIRST)
+    settle(cluster, 2)
+    old = set(replica_ids(cluster))
+    with Load(url) as load:
+        time.sleep(2)
+        t0 = time.monotonic()
+        cluster.deploy(UPDATED)
+        done = cluster.wait_for(lambda: app_status(cluster) == "RUNNING" and not old & set(replica_ids(cluster))
+                                and running_replicas(cluster) == 2, 180, "the update rolled out")
+        time.sleep(2)
+        load.stop()
+        figures = load.figures(t0)
+    status, body = http_post_json(url + "/embed", {"texts": ["a dog runs"], "model": "swiftembed-potion-sts-8M"})
+    return {**figures, "update_s": round(done, 1), "new_model_status": status,
+            "new_model_answered": status == 200 and len(body.get("embeddings", [[]])[0]) == 256}
+
+
+def handles_across_hosts(cluster: Cluster, url: str, calls: int = 200) -> dict[str, Any]:
+    """A caller on the head host (no replica there) calling the embed handle: answered by replicas on other
+    hosts, vectors equal to the library's."""
+    code = f"""
+import asyncio, json, numpy as np, ray
+from ray import serve
+from swiftembed import Embedder
+ray.init(address="auto", namespace="serve", log_to_driver=False)
+
+async def main():
+    handle = serve.get_app_handle({APP!r})
+    texts = [f"handle call {{i}} across hosts" for i in range({calls})]
+    got = np.stack([(await handle.embed.remote([t]))[0] for t in texts])
+    pids = {{(await handle.info.remote())["pid"] for _ in range(40)}}
+    want = Embedder.load().encode(texts)
+    return {{"calls": len(texts), "max_abs_diff": float(np.abs(got - want).max()), "replicas_answering": len(pids),
+            "caller_host": ray.util.get_node_ip_address()}}
+
+print(json.dumps(asyncio.run(main())))
+"""
+    out = cluster.python_on_head(code)
+    figures = json.loads(out.strip().splitlines()[-1])
+    figures["replica_hosts"] = replicas_by_host(cluster)
+    return figures
+
+
+def head_loss(cluster: Cluster, url: str, watch_s: float = 75.0) -> dict[str, Any]:
+    """The head host's processes SIGKILLed under load: how long the replicas keep answering without the GCS, and
+    how long the shortest recovery takes (Ray started again on every host, the config deployed again)."""
+    settle(cluster, 2)
+    with Watch(cluster) as watch, Load(url) as load:
+        time.sleep(2)
+        t0 = time.monotonic()
+        cluster.head.kill()
+        deadline = t0 + watch_s
+        while time.monotonic() < deadline and cluster.ingress_servers():
+            time.sleep(0.5)
+        load.stop()
+        figures = load.figures(t0)
+    last_answer = max((t for t, outcome in load.raw.attempts if outcome == "200"), default=t0)
+    serving_for = round(last_answer - t0, 1)
+    lost_all_at = watch.first(lambda up: not up, t0)
+    # The shortest recovery: every host's Ray started again (workers' raylets exit once the GCS is gone for
+    # good), then the same `serve deploy`.
+    started = time.monotonic()
+    for host in cluster.members:
+        host.kill()
+    cluster.start()
+    cluster.deploy(FIRST)
+    settle(cluster, 2, timeout=180)
+    return {**{k: figures[k] for k in ("requests", "requests_per_s", "raw_attempt_outcomes")},
+            "answered_after_head_loss_s": serving_for, "ingress_empty_after_s": lost_all_at,
+            "watched_s": watch_s, "recovery_s": round(time.monotonic() - started, 1)}
+
+
+SCENARIOS: dict[str, Callable[[Cluster, str], dict[str, Any]]] = {
+    "spread": spread,
+    "scale-out-and-in": scale_out_and_in,
+    "host-kill": lambda c, u: host_loss(c, u, "kill"),
+    "link-cut": lambda c, u: host_loss(c, u, "link"),
+    "rolling-update": rolling_update,
+    "handles-across-hosts": handles_across_hosts,
+    "head-loss": head_loss,
+}
+
+
+def replica_ids(cluster: Cluster) -> list[str]:
+    app = cluster.serve_status()["applications"].get(APP, {})
+    return [r["replica_id"] for r in app.get("deployments", {}).get(DEPLOYMENT, {}).get("replicas", [])
+            if r.get("state") == "RUNNING"]
+
+
+def http_post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    import httpx
+
+    r = httpx.post(url, json=body, timeout=10)
+    return r.status_code, r.json()
+
+
+def cluster_for_scenarios() -> Any:
+    """The cluster every scenario shares: a head and three 1-CPU workers, FIRST deployed, the ingress up."""
+    return running(hosts=4, overrides=FIRST, worker_cpus=1, extra_env={
+        # Replicas push their load twice a second (default 10 s), so the short autoscaling delays mean something.
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+        "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    })
+
+
+def render(results: dict[str, Any]) -> str:
+    """The run's figures as the Markdown of docs/reliability.md ("Several hosts behind an ingress")."""
+    meta = results.get("run", {})
+    rows = ["| scenario | requests | failed (one retry) | longest pause | what happened |", "|---|---|---|---|---|"]
+    notes = {
+        "spread": lambda f: "shares by each host's own metrics: " + ", ".join(
+            f"{v:.0%}" for v in f["share_by_host"].values()),
+        "scale-out-and-in": lambda f: f"3rd replica on the spare host: in the ingress {f['new_host_in_ingress_s']} s "
+        f"after the step began, first answer {f['first_request_on_new_host_s']} s; back to 2 replicas "
+        f"{f['scaled_in_after_step_s']} s after the step",
+        "host-kill": lambda f: f"{f['processes_killed']} processes SIGKILLed; out of the ingress in "
+        f"{f['dropped_by_ingress_s']} s; replica replaced on the spare host in {f['replica_replaced_s']} s; node "
+        f"marked dead {f['node_marked_dead_s']} s; Ray started again at {f['host_back_after_s']} s, rejoined "
+        f"{f['rejoined_cluster_s']} s later",
+        "link-cut": lambda f: f"out of the ingress in {f['dropped_by_ingress_s']} s; replica replaced in "
+        f"{f['replica_replaced_s']} s; link back at {f['host_back_after_s']} s; Serve done with the cut-off "
+        f"replica {f['settled_after_host_back_s']} s later",
+        "rolling-update": lambda f: f"model added + batch size changed, replicas replaced one by one in "
+        f"{f['update_s']} s; the new model answers: {f['new_model_answered']}",
+        "head-loss": lambda f: f"replicas answered {f['answered_after_head_loss_s']} s without the head, then "
+        f"stopped (ingress empty at {f['ingress_empty_after_s']} s); recovery (Ray on every host + `serve "
+        f"deploy`) {f['recovery_s']} s",
+    }
+    for name, note in notes.items():
+        f = results.get(name)
+        if not f:
+            continue
+        failed = f.get("failed_with_one_retry", "-")
+        pause = f"{f['longest_pause_s']} s" if f.get("longest_pause_s") is not None else "-"
+        rows.append(f"| {name} | {f['requests']:,} | {failed} | {pause} | {note(f)} |")
+    handles = results.get("handles-across-hosts")
+    if handles:
+        rows.append(f"| handles-across-hosts | {handles['calls']} calls | 0 | - | caller on the head host, "
+                    f"{handles['replicas_answering']} replicas on other hosts answered; max difference from the "
+                    f"library {handles['max_abs_diff']} |")
+    stamp = (f"Generated from `{meta.get('json', 'the run JSON')}`: run {meta.get('date', '?')} on commit "
+             f"`{meta.get('commit', '?')}`; machine: {meta.get('machine', '?')}. Command: `{meta.get('command', '')}`.")
+    return stamp + "\n\n" + "\n".join(rows) + "\n"
+
+
+def stamp(argv: list[str], json_path: str | None) -> dict[str, str]:
+    """When, on what code and machine, by which command: as the benchmark tables are stamped."""
+    from datetime import UTC, datetime
+
+    from benchmarks.common import commit, machine
+
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(), "machine": machine(),
+            "command": " ".join(["python -m loadtest.cluster_scenarios", *argv]), "json": json_path or ""}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="write the figures here too")
+    parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="these scenarios (default: all)")
+    parser.add_argument("--markdown", help="only render this run JSON as docs/reliability.md's table")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(render(json.load(f)))
+        return 0
+    why = namespaces_missing()
+    if why:
+        print(f"cluster_scenarios: cannot run: {why}", file=sys.stderr)
+        return 2
+    results: dict[str, Any] = {"run": stamp(sys.argv[1:] if argv is None else argv, args.json)}
+    started = time.monotonic()
+    with cluster_for_scenarios() as (cluster, url):
+        results["setup_s"] = round(time.monotonic() - started, 1)
+        for name in args.only or SCENARIOS:
+            t = time.monotonic()
+            results[name] = SCENARIOS[name](cluster, url)
+            results[name]["scenario_s"] = round(time.monotonic() - t, 1)
+            print(json.dumps({name: results[name]}), flush=True)
+    text = json.dumps(results, indent=2)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
