@@ -238,7 +238,7 @@ def scale_out_and_in(cluster: Cluster, url: str, max_s: float = 45.0) -> dict[st
     # 32 texts of ~200 accented words a request, raw float32 answers: the replicas, not the load generator, are the
     # limit (with one short text a request, the Python load generator is).
     with Watch(cluster) as watch, Load(url, concurrency=16, texts_per_request=32, raw=True, words=200) as load:
-        t0 = load.started
+        t0, event_unix = load.started, time.time()
         cluster.wait_for(lambda: watch.first(lambda up: up.get(spare, 0) > 0, t0) is not None, max_s,
                          "the new host serving")
         time.sleep(2)
@@ -250,6 +250,7 @@ def scale_out_and_in(cluster: Cluster, url: str, max_s: float = 45.0) -> dict[st
     return {
         **figures,
         "new_host": spare,
+        "event_unix": event_unix,
         "new_host_in_ingress_s": watch.first(lambda up: spare in up, t0),
         "first_request_on_new_host_s": watch.first(lambda up: up.get(spare, 0) > 0, t0),
         "scaled_in_after_step_s": round(scaled_in, 1),
@@ -290,7 +291,7 @@ def host_loss(cluster: Cluster, url: str, how: str = "kill", before_s: float = 3
 
     with Watch(cluster) as watch, Load(url) as load:
         time.sleep(before_s)
-        t0 = time.monotonic()
+        t0, event_unix = time.monotonic(), time.time()
         if how == "kill":
             killed = victim.kill()
         else:
@@ -314,6 +315,7 @@ def host_loss(cluster: Cluster, url: str, how: str = "kill", before_s: float = 3
     return {
         **figures,
         "how": "SIGKILL of every process on the host" if how == "kill" else "link cut",
+        "event_unix": event_unix,
         "processes_killed": killed,
         "dropped_by_ingress_s": watch.first(lambda up: victim.name not in up, t0),
         "replica_replaced_s": round(replaced_s, 1),
@@ -333,7 +335,7 @@ def rolling_update(cluster: Cluster, url: str) -> dict[str, Any]:
     old = set(replica_ids(cluster))
     with Load(url) as load:
         time.sleep(2)
-        t0 = time.monotonic()
+        t0, event_unix = time.monotonic(), time.time()
         cluster.deploy(UPDATED)
         done = cluster.wait_for(lambda: app_status(cluster) == "RUNNING" and not old & set(replica_ids(cluster))
                                 and running_replicas(cluster) == 2, 180, "the update rolled out")
@@ -341,7 +343,7 @@ def rolling_update(cluster: Cluster, url: str) -> dict[str, Any]:
         load.stop()
         figures = load.figures(t0)
     status, body = http_post_json(url + "/embed", {"texts": ["a dog runs"], "model": "swiftembed-potion-sts-8M"})
-    return {**figures, "update_s": round(done, 1), "new_model_status": status,
+    return {**figures, "update_s": round(done, 1), "new_model_status": status, "event_unix": event_unix,
             "new_model_answered": status == 200 and len(body.get("embeddings", [[]])[0]) == 256}
 
 
@@ -399,6 +401,84 @@ def head_loss(cluster: Cluster, url: str, watch_s: float = 75.0) -> dict[str, An
             "answered_after_head_loss_s": serving_for, "ingress_empty_after_s": lost_all_at,
             "watched_s": watch_s, "recovery_s": round(time.monotonic() - started, 1)}
 
+
+# Observability across hosts ---------------------------------------------------------------------------------
+
+# Panels that read Ray's proxy or its HTTP metrics: the replica ingress has no proxy, so they are empty there by
+# design (the dashboard's SwiftEmbed panels show the same traffic); 5xx shares are empty when nothing failed.
+EMPTY_BY_DESIGN = {"5xx share", "Error rate", "HTTP requests/s at the proxies by status",
+                   "End-to-end latency at the Serve proxy", "Error responses/s by deployment and code"}
+
+
+def start_prometheus(cluster: Cluster) -> Any:
+    """A real Prometheus in the root namespace scraping every host's Ray metrics port every second (None where
+    the Debian package is missing)."""
+    from loadtest import prometheus
+    from tests.servers import free_port
+
+    path = prometheus.binary()
+    if path is None:
+        return None
+    return prometheus.Prometheus.start(path, cluster.workdir / "prometheus",
+                                       [f"{h.address}:{METRICS_PORT}" for h in cluster.members], free_port())
+
+
+def panel_series(prom: Any, start: float, end: float) -> dict[str, list[tuple[str, list[float], list[float]]]]:
+    """Every dashboard panel's queries over [start, end] (unix time), as Grafana would ask: panel title ->
+    [(legend, times relative to start, values)] with the series that have data."""
+    import math
+
+    from loadtest.prometheus import panels, substitute
+
+    out: dict[str, list[tuple[str, list[float], list[float]]]] = {}
+    for panel in panels():
+        series = out.setdefault(panel["title"], [])
+        for target in panel.get("targets", []):
+            body = prom.query_range(substitute(target["expr"]), start, end, step=1.0)
+            for result in body.get("data", {}).get("result", []):
+                points = [(float(t) - start, float(v)) for t, v in result["values"] if math.isfinite(float(v))]
+                if points:
+                    labels = ",".join(f"{k}={v}" for k, v in result["metric"].items() if k != "__name__")
+                    series.append((f"{target['refId']} {labels}".strip(), [t for t, _ in points],
+                                   [v for _, v in points]))
+    return out
+
+
+def without_data(series: dict[str, list[Any]]) -> list[str]:
+    """The panels that showed nothing, less those empty by design."""
+    return sorted(title for title, lines in series.items() if not lines and title not in EMPTY_BY_DESIGN)
+
+
+def render_panels(series: dict[str, list[Any]], title: str, path: str, events: dict[str, float]) -> None:
+    """The dashboard's panels over a scenario as one PNG (matplotlib: the `load` extra), events marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [(name, lines) for name, lines in series.items() if lines]
+    cols = 4
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, (name, lines) in zip(axes.flat, shown):
+        for legend, times, values in lines[:8]:
+            ax.plot(times, values, linewidth=1, label=legend[:40])
+        for event, at in events.items():
+            ax.axvline(at, color="red", linestyle="--", linewidth=0.8)
+            ax.text(at, ax.get_ylim()[1], event, color="red", fontsize=6, va="top")
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.set_xlabel("s", fontsize=6)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+EVENTS = {"scale-out-and-in": "load step", "host-kill": "host killed", "link-cut": "link cut",
+          "rolling-update": "new config"}
 
 SCENARIOS: dict[str, Callable[[Cluster, str], dict[str, Any]]] = {
     "spread": spread,
@@ -488,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="these scenarios (default: all)")
     parser.add_argument("--markdown", help="only render this run JSON as docs/reliability.md's table")
+    parser.add_argument("--pictures", help="render each scenario's dashboard panels as PNG into this folder")
     args = parser.parse_args(argv)
     if args.markdown:
         with open(args.markdown) as f:
@@ -500,12 +581,26 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"run": stamp(sys.argv[1:] if argv is None else argv, args.json)}
     started = time.monotonic()
     with cluster_for_scenarios() as (cluster, url):
+        prom = start_prometheus(cluster)
         results["setup_s"] = round(time.monotonic() - started, 1)
-        for name in args.only or SCENARIOS:
-            t = time.monotonic()
-            results[name] = SCENARIOS[name](cluster, url)
-            results[name]["scenario_s"] = round(time.monotonic() - t, 1)
-            print(json.dumps({name: results[name]}), flush=True)
+        try:
+            for name in args.only or SCENARIOS:
+                t, begun = time.monotonic(), time.time()
+                results[name] = SCENARIOS[name](cluster, url)
+                results[name]["scenario_s"] = round(time.monotonic() - t, 1)
+                if prom is not None and name != "head-loss":  # without the head, Ray exports nothing
+                    time.sleep(3)  # the last samples scraped
+                    series = panel_series(prom, begun, time.time())
+                    results[name]["panels_without_data"] = without_data(series)
+                    if args.pictures:
+                        render_panels(series, f"SwiftEmbed dashboard during '{name}' (4 hosts, 127.0.0.1 ingress)",
+                                      f"{args.pictures}/cluster-{name}.png",
+                                      {EVENTS.get(name, "event"): results[name]["event_unix"] - begun}
+                                      if "event_unix" in results[name] else {})
+                print(json.dumps({name: results[name]}), flush=True)
+        finally:
+            if prom is not None:
+                prom.stop()
     text = json.dumps(results, indent=2)
     if args.json:
         with open(args.json, "w") as f:

@@ -9,6 +9,8 @@ One cluster serves every test here, in order. Head loss (140 s: the cluster is g
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,9 +22,12 @@ from loadtest.cluster_scenarios import (
     cluster_for_scenarios,
     handles_across_hosts,
     host_loss,
+    panel_series,
     rolling_update,
     scale_out_and_in,
     spread,
+    start_prometheus,
+    without_data,
 )
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -31,14 +36,34 @@ WHY = namespaces_missing()
 needs_namespaces = pytest.mark.skipif(WHY is not None, reason=f"no test hosts: {WHY}")
 
 
+WINDOWS: dict[str, tuple[float, float]] = {}  # scenario -> its (start, end) unix time, for the panels test
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[Cluster, str]]:
     with cluster_for_scenarios() as running:
         yield running
 
 
-def report(name: str, figures: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def prometheus(cluster) -> Iterator[Any]:
+    """A real Prometheus scraping every host, from before the first scenario."""
+    prom = start_prometheus(cluster[0])
+    if prom is None and os.environ.get("CI"):
+        pytest.fail("prometheus not found (bash .ci/run installs the Debian package prometheus)")
+    try:
+        yield prom
+    finally:
+        if prom is not None:
+            prom.stop()
+
+
+def run(name: str, scenario: Any, cluster: tuple[Cluster, str], **kwargs: Any) -> dict[str, Any]:
+    started = time.time()
+    figures = scenario(*cluster, **kwargs)
+    WINDOWS[name] = (started, time.time())
     print(f"\n{name}: {json.dumps(figures)}")
+    return figures
 
 
 def no_failures(figures: dict[str, Any]) -> None:
@@ -62,14 +87,13 @@ def test_the_harness_deploys_the_projects_config_with_only_the_named_overrides()
 def test_ingress_config_probes_kuberays_readiness_check():
     config = haproxy_config({"a": "192.0.2.1", "b": "192.0.2.2"}, bind="127.0.0.1:8000")
     assert "option httpchk GET /-/healthz" in config and "http-check expect string success" in config
-    assert "inter 1s fall 1 rise 1" in config
+    assert "inter 1s fall 2 rise 1" in config
     assert "server a 192.0.2.1:8000" in config and "server b 192.0.2.2:8000" in config
 
 
 @needs_namespaces
-def test_spread_every_host_answers_a_share(cluster):
-    figures = spread(*cluster)
-    report("spread", figures)
+def test_spread_every_host_answers_a_share(cluster, prometheus):
+    figures = run("spread", spread, cluster)
     no_failures(figures)
     assert len(figures["replicas_by_host"]) == 2 and set(figures["replicas_by_host"].values()) == {1}
     assert set(figures["share_by_host"]) == set(figures["replicas_by_host"])
@@ -79,16 +103,14 @@ def test_spread_every_host_answers_a_share(cluster):
 @needs_namespaces
 def test_handles_across_hosts(cluster):
     c, _ = cluster
-    figures = handles_across_hosts(*cluster)
-    report("handles across hosts", figures)
+    figures = run("handles across hosts", handles_across_hosts, cluster)
     assert figures["caller_host"] == c.head.address and c.head.name not in figures["replica_hosts"]
     assert figures["max_abs_diff"] <= 1e-6 and figures["replicas_answering"] == 2
 
 
 @needs_namespaces
-def test_scale_out_lands_on_another_host_and_back(cluster):
-    figures = scale_out_and_in(*cluster)
-    report("scale out and in", figures)
+def test_scale_out_lands_on_another_host_and_back(cluster, prometheus):
+    figures = run("scale out and in", scale_out_and_in, cluster)
     no_failures(figures)
     assert figures["first_request_on_new_host_s"] is not None
     assert sum(figures["replicas_by_host_after"].values()) == 2
@@ -96,9 +118,8 @@ def test_scale_out_lands_on_another_host_and_back(cluster):
 
 @needs_namespaces
 @pytest.mark.parametrize("how", ["kill", "link"])
-def test_host_loss(cluster, how):
-    figures = host_loss(*cluster, how=how)
-    report(f"host loss ({how})", figures)
+def test_host_loss(cluster, prometheus, how):
+    figures = run(f"host loss ({how})", host_loss, cluster, how=how)
     no_failures(figures)
     assert figures["longest_pause_s"] <= 2.0, figures
     assert figures["dropped_by_ingress_s"] is not None and figures["dropped_by_ingress_s"] <= 5.0, figures
@@ -106,8 +127,19 @@ def test_host_loss(cluster, how):
 
 
 @needs_namespaces
-def test_rolling_update_adds_a_model_under_load(cluster):
-    figures = rolling_update(*cluster)
-    report("rolling update", figures)
+def test_rolling_update_adds_a_model_under_load(cluster, prometheus):
+    figures = run("rolling update", rolling_update, cluster)
     no_failures(figures)
     assert figures["new_model_answered"], figures
+
+
+@needs_namespaces
+def test_every_dashboard_panel_shows_each_scenario(cluster, prometheus):
+    """Every panel of deploy/grafana/swiftembed.json, with its own PromQL, has data over each scenario's window
+    in a Prometheus scraping every host (panels of Ray's proxy aside: the replica ingress has none)."""
+    if prometheus is None:
+        pytest.skip("prometheus not found (bash .ci/run installs the Debian package prometheus)")
+    assert WINDOWS, "no scenario ran before this test"
+    time.sleep(3)  # the last samples scraped
+    empty = {name: without_data(panel_series(prometheus, *window)) for name, window in WINDOWS.items()}
+    assert not any(empty.values()), empty

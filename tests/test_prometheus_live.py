@@ -12,15 +12,11 @@ expression of deploy/grafana/swiftembed.json and every alert expression of deplo
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import re
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,33 +24,23 @@ import httpx
 import pytest
 import yaml
 
-from tests.servers import free_port, stop_process
+from loadtest.prometheus import (
+    APPLICATION,
+    DEPLOY,
+    Prometheus,
+    binary,
+    dashboard,
+    dashboard_targets,
+    substitute,
+)
+from tests.servers import free_port
 
 pytestmark = pytest.mark.ray
 
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = ROOT / "deploy"
-PROMETHEUS_CONFIG = DEPLOY / "prometheus.yml"
 CATALOGUE = DEPLOY / "grafana" / "metrics.yaml"
-DASHBOARD = DEPLOY / "grafana" / "swiftembed.json"
 RULES = DEPLOY / "alerts" / "rules.yaml"
 
-# Grafana's variables as Grafana itself would fill them in. `$__rate_interval` is
-# max($__interval + scrape interval, 4 x scrape interval) with the data source's scrape interval, 15 s unless
-# configured: 1m. The window covers the whole traffic burst below, so every rate has data.
-APPLICATION = "swiftembed"  # the alert rules name this application; deploy/serve-cluster.yaml deploys it
 MODELS = ("potion-base-8M", "swiftembed-potion-sts-8M")  # build_app({}) serves both; traffic_round asks for each
-GRAFANA_VARIABLES = {
-    "${datasource}": "prometheus",
-    "$datasource": "prometheus",
-    "${application}": APPLICATION,
-    "$application": APPLICATION,
-    "${model}": ".*",  # the model variable's All value
-    "$model": ".*",
-    "$__rate_interval": "1m",
-    "$__interval": "15s",
-    "$__range": "5m",
-}
 
 # Dashboard queries allowed to return no data, by (panel title, refId). Keep this list short and justified.
 # - 5xx shares (at the ingress and at the replicas): the numerator is sum(rate(...{status_code=~"5.."})), and a
@@ -77,7 +63,7 @@ EVALUATE_WITHIN_S = 30.0
 
 def prometheus_binary() -> str:
     """The Prometheus server binary; skip without it locally, fail in CI (where .ci/run installs it)."""
-    path = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.path.exists("/usr/bin/prometheus") else None)
+    path = binary()
     if path is None:
         message = "prometheus not found (bash .ci/run installs the Debian package prometheus)"
         if os.environ.get("CI"):
@@ -86,101 +72,20 @@ def prometheus_binary() -> str:
     return path
 
 
-def substitute(expr: str) -> str:
-    for variable, value in GRAFANA_VARIABLES.items():
-        expr = expr.replace(variable, value)
-    assert "$" not in expr, f"unknown Grafana variable left in {expr!r}"
-    return expr
-
-
-def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
-
-
-def dashboard_targets() -> list[tuple[str, str, str]]:
-    """(panel title, refId, expr) of every query of every panel (panels nested in rows included)."""
-    panels = []
-    for panel in dashboard()["panels"]:
-        panels.extend(panel.get("panels", []) if panel["type"] == "row" else [panel])
-    return [(p["title"], t["refId"], t["expr"]) for p in panels for t in p.get("targets", [])]
-
-
 def rule_exprs() -> dict[str, str]:
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return {rule.get("alert") or rule["record"]: rule["expr"] for group in groups for rule in group["rules"]}
 
 
-def prometheus_config(metrics_target: str, interval: str = "1s") -> dict[str, Any]:
-    """deploy/prometheus.yml with the rules file made absolute, the scrape target and intervals replaced."""
-    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    config["global"]["scrape_interval"] = interval
-    config["global"]["evaluation_interval"] = interval
-    config["rule_files"] = [str((PROMETHEUS_CONFIG.parent / path).resolve()) for path in config["rule_files"]]
-    for job in config["scrape_configs"]:
-        for static in job.get("static_configs", []):
-            static["targets"] = [metrics_target]
-    return config
-
-
-@dataclass
-class Prometheus:
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-    def api(self, path: str, **params: Any) -> dict[str, Any]:
-        r = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
-        body = r.json()
-        assert body["status"] in {"success", "error"}, body
-        return body
-
-    def query(self, expr: str, at: float | None = None) -> dict[str, Any]:
-        """An instant query (now, or at unix time `at`): {"status", "data" or "error"}; syntax and type errors
-        come back as status error."""
-        return self.api("query", query=expr, **({} if at is None else {"time": f"{at:.3f}"}))
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-
 @pytest.fixture(scope="module")
 def prometheus(ray_serve, tmp_path_factory):
     """A real Prometheus scraping the session's Ray and loading deploy/alerts/rules.yaml."""
-    binary = prometheus_binary()
-    directory = tmp_path_factory.mktemp("prometheus")
-    metrics = urlsplit(ray_serve.metrics_url)
-    config = directory / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(metrics.netloc), sort_keys=False))
-    port = free_port()
-    log = directory / "prometheus.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--storage.tsdb.retention.time=1h",
-                "--log.level=warn",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Prometheus(f"http://127.0.0.1:{port}", process, log)
+    server = Prometheus.start(prometheus_binary(), tmp_path_factory.mktemp("prometheus"),
+                              [urlsplit(ray_serve.metrics_url).netloc], free_port())
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, f"prometheus exited with {process.returncode}:\n{server.log_tail()}"
-            try:
-                if httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"prometheus not ready after 30 s:\n{server.log_tail()}"
-            time.sleep(0.2)
         yield server
     finally:
-        stop_process(process)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
