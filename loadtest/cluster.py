@@ -209,7 +209,8 @@ def haproxy_binary() -> str:
 
 
 def serve_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """deploy/serve-cluster.yaml, with deployment fields overridden (dotted keys, e.g. "autoscaling_config.x")."""
+    """deploy/serve-cluster.yaml, with deployment fields overridden (dotted keys, e.g. "autoscaling_config.x";
+    "args.x" for the application's arguments; None removes a field)."""
     import yaml
 
     config = yaml.safe_load(SERVE_CONFIG.read_text())
@@ -221,7 +222,10 @@ def serve_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
             where, path = config["applications"][0], path
         for part in path:
             where = where.setdefault(part, {})
-        where[last] = value
+        if value is None:
+            where.pop(last, None)  # None removes the field (e.g. autoscaling_config, to set num_replicas)
+        else:
+            where[last] = value
     return config
 
 

@@ -13,6 +13,7 @@ tests/test_cluster.py runs the same functions and checks their figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -79,16 +80,20 @@ class Watch:
         return next((round(t - after, 2) for t, up in self.samples if t >= after and condition(up)), None)
 
 
-def host_requests(host: Host) -> float:
-    """Requests this host's replicas have answered, from its own Ray metrics endpoint (0 when it has none)."""
+def host_metric(host: Host, family_name: str, suffix: str = "") -> float:
+    """The sum of a metric's samples on this host's own Ray metrics endpoint (0 when it has none)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     status, text = http_get(f"http://{host.address}:{METRICS_PORT}/metrics", 3.0)
     if status != 200:
         return 0.0
     return sum(sample.value for family in text_string_to_metric_families(text)
-               if family.name == "ray_swiftembed_requests" for sample in family.samples
-               if sample.name.endswith("_total"))
+               if family.name == family_name for sample in family.samples if sample.name.endswith(suffix))
+
+
+def host_requests(host: Host) -> float:
+    """Requests this host's replicas have answered, by its own metrics."""
+    return host_metric(host, "ray_swiftembed_requests", "_total")
 
 
 class OpenAILoad:
@@ -402,6 +407,85 @@ def head_loss(cluster: Cluster, url: str, watch_s: float = 75.0) -> dict[str, An
             "watched_s": watch_s, "recovery_s": round(time.monotonic() - started, 1)}
 
 
+def large_table(rows: int = 500_000, dim: int = 256, counts: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
+    """A synthetic model the size of the largest public static models (500,000 x 256 float32, 512 MB) served by
+    1, 2 and 4 replicas on one worker host of its own cluster (a head and that worker): each replica's own
+    memory (USS) and the time to start them, showing one copy of the table per host (Ray's object store)."""
+    import numpy as np
+    import psutil
+
+    from tests.conftest import wordlevel_tokenizer, write_model
+
+    figures: dict[str, Any] = {"table_mb": round(rows * dim * 4 / 2**20), "replicas": {}}
+    with Cluster(hosts=2, worker_cpus=4, object_store_mb=1536) as cluster:
+        model = cluster.workdir / "large-model"  # /var/tmp: every host sees it
+        started = time.monotonic()
+        table = np.random.default_rng(0).standard_normal((rows, dim), dtype=np.float32)
+        write_model(model, wordlevel_tokenizer([f"w{i}" for i in range(rows - 1)]), table)
+        del table
+        figures["model_written_s"] = round(time.monotonic() - started, 1)
+        cluster.start()
+        worker = cluster.workers[0]
+
+        def deploy(models: list[str], count: int) -> dict[str, Any]:
+            t = time.monotonic()
+            cluster.deploy({"args.models": models, "autoscaling_config": None, "num_replicas": count,
+                            "ray_actor_options.num_cpus": 0.5, "max_surge_percent": None})
+            cluster.wait_for(lambda: settled(cluster, count), 300, f"{count} replicas of {models}")
+            ready_s = time.monotonic() - t
+            pids = [pid for pid in worker.pids()
+                    if "ServeReplica:swiftembed" in " ".join(psutil.Process(pid).cmdline())]
+            memory = [psutil.Process(pid).memory_full_info() for pid in pids]
+            return {"ready_s": round(ready_s, 1), "uss_mb_each": sorted(round(m.uss / 2**20) for m in memory),
+                    "rss_mb_each": sorted(round(m.rss / 2**20) for m in memory),
+                    "object_store_mb_on_host": round(host_metric(worker, "ray_object_store_memory") / 2**20)}
+
+        # The same replica with the bundled 29,528-row model: what a replica costs without a large table.
+        figures["baseline_potion_base_8M"] = deploy(["potion-base-8M"], 1)
+        for count in counts:
+            figures["replicas"][count] = deploy([f"large={model}"], count)
+            status, body = http_get(worker.url("/info?model=large"), 5)
+            assert status == 200 and json.loads(body)["vocab_size"] == rows, body[:300]
+            print(json.dumps({"large-table": {count: figures["replicas"][count]}}), flush=True)
+    return figures
+
+
+def bulk(lines: int = 40_000) -> dict[str, Any]:
+    """`swiftembed batch` (Ray Data) run from the head host over a cluster of its own (a head and two 1-CPU
+    workers, input and output on a folder every host sees): every row equal to the library's vector, and the
+    embedding actors spread over both workers."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from swiftembed import Embedder
+
+    with Cluster(hosts=3, worker_cpus=1) as cluster:
+        corpus = cluster.workdir / "corpus.txt"
+        texts = [f"bulk line {i} about topic {i % 97} and the weather in city {i % 13}" for i in range(lines)]
+        corpus.write_text("\n".join(texts) + "\n")
+        out = cluster.workdir / "bulk-out"
+        cluster.start()
+        env = cluster.env(cluster.head)
+        env["RAY_ADDRESS"] = f"{cluster.head.address}:6379"
+        started = time.monotonic()
+        done = cluster.head.run([sys.executable, "-m", "swiftembed.cli", "batch", str(corpus), str(out),
+                                 "--address", "auto", "--workers", "2"], env, timeout=300)
+        seconds = time.monotonic() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"swiftembed batch failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+        table = pq.read_table(out)
+        ids = np.asarray(table.column("id").to_pylist())
+        got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))[np.argsort(ids)]
+        want = Embedder.load().encode(texts)
+        ips = {node: ip for node, (ip, _) in cluster.nodes().items()}
+        actors = cluster.api("/api/v0/actors?limit=1000&detail=true")["data"]["result"]["result"]
+        hosts = sorted({h.name for a in actors if "ShardEmbedder" in a.get("class_name", "")
+                        for h in cluster.members if h.address == ips.get(a.get("node_id"))})
+        return {"rows": int(len(ids)), "rows_expected": lines, "ids_exact": sorted(ids.tolist()) ==
+                list(range(1, lines + 1)), "max_abs_diff": float(np.abs(got - want).max()),
+                "hosts_with_embedding_actors": hosts, "job_s": round(seconds, 1)}
+
+
 # Observability across hosts ---------------------------------------------------------------------------------
 
 # Panels that read Ray's proxy or its HTTP metrics: the replica ingress has no proxy, so they are empty there by
@@ -489,6 +573,7 @@ SCENARIOS: dict[str, Callable[[Cluster, str], dict[str, Any]]] = {
     "handles-across-hosts": handles_across_hosts,
     "head-loss": head_loss,
 }
+OWN_CLUSTER = {"bulk-across-hosts": bulk, "large-table": large_table}  # scenarios that build a cluster of their own
 
 
 def replica_ids(cluster: Cluster) -> list[str]:
@@ -548,9 +633,27 @@ def render(results: dict[str, Any]) -> str:
         rows.append(f"| handles-across-hosts | {handles['calls']} calls | 0 | - | caller on the head host, "
                     f"{handles['replicas_answering']} replicas on other hosts answered; max difference from the "
                     f"library {handles['max_abs_diff']} |")
+    bulk_run = results.get("bulk-across-hosts")
+    if bulk_run:
+        rows.append(f"| bulk-across-hosts | {bulk_run['rows']:,} rows | 0 | - | `swiftembed batch` on Ray Data "
+                    f"from the head host: ids exact {bulk_run['ids_exact']}, max difference from the library "
+                    f"{bulk_run['max_abs_diff']}, embedding actors on {len(bulk_run['hosts_with_embedding_actors'])} "
+                    f"hosts, {bulk_run['job_s']} s |")
+    table = "\n".join(rows) + "\n"
+    large = results.get("large-table")
+    if large:
+        base = large["baseline_potion_base_8M"]
+        table += (f"\nA large table ({large['table_mb']} MB, 500,000 x 256 float32, synthetic), replicas on one "
+                  f"host (the bundled potion-base-8M for comparison: USS {base['uss_mb_each'][0]} MB, ready in "
+                  f"{base['ready_s']} s):\n\n| replicas on the host | USS each (MB) | RSS each (MB) | object store "
+                  "on the host (MB) | ready after deploy (s) |\n|---|---|---|---|---|\n")
+        for count, row in large["replicas"].items():
+            table += (f"| {count} | {', '.join(map(str, row['uss_mb_each']))} | "
+                      f"{', '.join(map(str, row['rss_mb_each']))} | {row['object_store_mb_on_host']} | "
+                      f"{row['ready_s']} |\n")
     stamp = (f"Generated from `{meta.get('json', 'the run JSON')}`: run {meta.get('date', '?')} on commit "
              f"`{meta.get('commit', '?')}`; machine: {meta.get('machine', '?')}. Command: `{meta.get('command', '')}`.")
-    return stamp + "\n\n" + "\n".join(rows) + "\n"
+    return stamp + "\n\n" + table
 
 
 def stamp(argv: list[str], json_path: str | None) -> dict[str, str]:
@@ -566,7 +669,8 @@ def stamp(argv: list[str], json_path: str | None) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the figures here too")
-    parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="these scenarios (default: all)")
+    parser.add_argument("--only", nargs="*", choices=[*SCENARIOS, *OWN_CLUSTER],
+                        help="these scenarios (default: all)")
     parser.add_argument("--markdown", help="only render this run JSON as docs/reliability.md's table")
     parser.add_argument("--pictures", help="render each scenario's dashboard panels as PNG into this folder")
     args = parser.parse_args(argv)
@@ -580,11 +684,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results: dict[str, Any] = {"run": stamp(sys.argv[1:] if argv is None else argv, args.json)}
     started = time.monotonic()
-    with cluster_for_scenarios() as (cluster, url):
-        prom = start_prometheus(cluster)
+    chosen = args.only or [*SCENARIOS, *OWN_CLUSTER]
+    for name in [n for n in chosen if n in OWN_CLUSTER]:
+        t = time.monotonic()
+        results[name] = OWN_CLUSTER[name]()
+        results[name]["scenario_s"] = round(time.monotonic() - t, 1)
+    if not any(n in SCENARIOS for n in chosen):
+        chosen = []
+    with cluster_for_scenarios() if chosen else contextlib.nullcontext((None, "")) as (cluster, url):
+        prom = start_prometheus(cluster) if cluster else None
         results["setup_s"] = round(time.monotonic() - started, 1)
         try:
-            for name in args.only or SCENARIOS:
+            for name in [n for n in chosen if n in SCENARIOS]:
                 t, begun = time.monotonic(), time.time()
                 results[name] = SCENARIOS[name](cluster, url)
                 results[name]["scenario_s"] = round(time.monotonic() - t, 1)

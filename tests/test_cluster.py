@@ -2,8 +2,9 @@
 real multi-host Ray cluster, each host a network namespace with its own address, HAProxy in front doing what a
 Kubernetes Service + ingress controller do. Skipped, with one line, where namespaces cannot be made.
 
-One cluster serves every test here, in order. Head loss (140 s: the cluster is gone at the end of it) runs from
-`python -m loadtest.cluster_scenarios --only head-loss`, not here; its figures are in docs/reliability.md.
+One cluster serves every test here, in order (the bulk job builds its own). Head loss (140 s: the cluster is gone
+at the end of it) and the 512 MB table (100 s) run from `python -m loadtest.cluster_scenarios --only head-loss
+large-table`, not here; their figures are in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 
 from loadtest.cluster import Cluster, haproxy_config, namespaces_missing, serve_config
 from loadtest.cluster_scenarios import (
+    bulk,
     cluster_for_scenarios,
     handles_across_hosts,
     host_loss,
@@ -131,6 +133,15 @@ def test_rolling_update_adds_a_model_under_load(cluster, prometheus):
     figures = run("rolling update", rolling_update, cluster)
     no_failures(figures)
     assert figures["new_model_answered"], figures
+
+
+@needs_namespaces
+def test_bulk_job_across_hosts():
+    """The Ray Data job on a cluster of its own (it needs the workers' CPUs the service holds in the other)."""
+    figures = bulk(lines=20_000)
+    print(f"\nbulk across hosts: {json.dumps(figures)}")
+    assert figures["rows"] == 20_000 and figures["ids_exact"] and figures["max_abs_diff"] <= 1e-6
+    assert len(figures["hosts_with_embedding_actors"]) == 2, figures
 
 
 @needs_namespaces
