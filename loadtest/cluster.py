@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import itertools
 import json
 import os
 import secrets
@@ -48,6 +49,7 @@ METRICS_PORT = 8080  # each host's Ray metrics export port
 DASHBOARD_PORT = 8265
 GCS_PORT = 6379
 WORKDIRS = "/var/tmp"  # outside /tmp, which each host replaces by its own folder
+_SERIAL = itertools.count()
 
 
 def namespaces_missing() -> str | None:
@@ -70,9 +72,9 @@ def sweep_stale() -> list[str]:
 
     removed = []
     names = _ip("netns", "list", check=False).stdout.split()
-    links = re.findall(r"^\d+: (sebr\d+)[:@]", _ip("-o", "link", "show", check=False).stdout, re.M)
+    links = re.findall(r"^\d+: (sebr\d+x\d+)[:@]", _ip("-o", "link", "show", check=False).stdout, re.M)
     for name in [*names, *links]:
-        match = re.fullmatch(r"se(?:br)?(\d+)(?:h\d+)?", name)
+        match = re.fullmatch(r"se(?:br)?(\d+)x\d+(?:h\d+)?", name)
         if match and not Path(f"/proc/{match.group(1)}").exists():
             if name.startswith("sebr"):
                 _ip("link", "del", name, check=False)
@@ -243,10 +245,13 @@ class Cluster:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.id = str(os.getpid())  # names carry the pid, so that `sweep_stale` knows a dead run's leftovers
+        # Names carry the pid (so that `sweep_stale` knows a dead run's leftovers) and a number of this process's
+        # own: two clusters at once never share a name or a subnet.
+        serial = next(_SERIAL)
+        self.id = f"{os.getpid()}x{serial}"
         self.bridge = f"sebr{self.id}"
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"swiftembed-cluster-{self.id}-", dir=WORKDIRS))
-        self.third = 10 + os.getpid() % 200  # a third octet of the run's own
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"swiftembed-cluster-{os.getpid()}-", dir=WORKDIRS))
+        self.third = 10 + (os.getpid() * 7 + serial) % 240  # a third octet of the cluster's own
         self.gateway = self.subnet % (self.third, 1)
         self.members: list[Host] = []
         self.ingress: subprocess.Popen[bytes] | None = None
