@@ -541,6 +541,8 @@ def render_panels(series: dict[str, list[Any]], title: str, path: str, events: d
     import matplotlib.pyplot as plt
 
     shown = [(name, lines) for name, lines in series.items() if lines]
+    if not shown:
+        return
     cols = 4
     rows = -(-len(shown) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False)

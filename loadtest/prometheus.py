@@ -133,7 +133,7 @@ class Prometheus:
         return self.api("query", query=expr, **({} if at is None else {"time": f"{at:.3f}"}))
 
     def query_range(self, expr: str, start: float, end: float, step: float = 1.0) -> dict[str, Any]:
-        return self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step}s")
+        return self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step:g}")
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
