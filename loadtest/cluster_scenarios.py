@@ -647,11 +647,11 @@ def render(results: dict[str, Any]) -> str:
                     f"from the head host: ids exact {bulk_run['ids_exact']}, max difference from the library "
                     f"{bulk_run['max_abs_diff']}, embedding actors on {len(bulk_run['hosts_with_embedding_actors'])} "
                     f"hosts, {bulk_run['job_s']} s |")
-    table = "\n".join(rows) + "\n"
+    table = "\n".join(rows) + "\n" if len(rows) > 2 else ""
     large = results.get("large-table")
     if large:
         base = large["baseline_potion_base_8M"]
-        table += (f"\nA large table ({large['table_mb']} MB, 500,000 x 256 float32, synthetic), replicas on one "
+        table += (f"A large table ({large['table_mb']} MiB, 500,000 x 256 float32, synthetic), replicas on one "
                   f"host (the bundled potion-base-8M for comparison: USS {base['uss_mb_each'][0]} MB, ready in "
                   f"{base['ready_s']} s):\n\n| replicas on the host | USS each (MB) | RSS each (MB) | object store "
                   "on the host (MB) | ready after deploy (s) |\n|---|---|---|---|---|\n")
