@@ -495,8 +495,8 @@ def bulk(lines: int = 40_000) -> dict[str, Any]:
 # Observability across hosts ---------------------------------------------------------------------------------
 
 # Serve's timing of replica processing: the replica ingress's HTTP requests do not pass through Serve's request
-# path ("SwiftEmbed handler latency" beside it times them). Measured: the one panel empty in every scenario here,
-# handle calls included (tests/test_prometheus_live.py sees it filled on a local Ray serving HTTP through Serve).
+# path ("SwiftEmbed handler latency" beside it times them). Measured: the one panel empty in every scenario here
+# (tests/test_prometheus_live.py sees it filled on a local Ray serving HTTP through Serve).
 EMPTY_BY_DESIGN = {"Replica processing latency (Serve)"}
 
 
