@@ -3,8 +3,9 @@
     sudo .venv/bin/python -m loadtest.cluster [--hosts 3] [--hold-s 60]    # start, print the addresses, stop
 
 Each host is a network namespace (`ip netns`) with its own address on a private bridge, its own loopback and its
-own temp folder; the root namespace holds the bridge's address and the ingress. The first host runs the Ray head
-(0 CPUs, so no replica lands there, as on a KubeRay head), the others Ray workers, every one started with
+own temp folders (TMPDIR, and Ray's /tmp/ray); the root namespace holds the bridge's address and the ingress. The
+first host runs the Ray head (0 CPUs, so no replica lands there, as on a KubeRay head), the others Ray workers,
+every one started with
 `ray start --block` and the environment `swiftembed env` prints (token authentication on, the token in a file of
 the harness's own, named by RAY_AUTH_TOKEN_PATH). `serve deploy` runs the project's `deploy/serve-cluster.yaml`
 (optionally with fields overridden, for example a shorter autoscaling delay) from the head host.
@@ -48,7 +49,7 @@ SERVICE_PORT = 8000  # each host's replica ingress (serve-cluster.yaml's http_po
 METRICS_PORT = 8080  # each host's Ray metrics export port
 DASHBOARD_PORT = 8265
 GCS_PORT = 6379
-WORKDIRS = "/var/tmp"  # outside /tmp, which each host replaces by its own folder
+WORKDIRS = "/var/tmp"  # the hosts' own folders (each host's /tmp/ray is one of them)
 _SERIAL = itertools.count()
 
 
@@ -114,10 +115,11 @@ class Host:
     log: Path | None = None
 
     def exec_args(self, args: list[str]) -> list[str]:
-        """`args` run on this host: in its network namespace, with its own /tmp (a private mount namespace)."""
-        own_tmp = 'mount --bind "$1" /tmp && shift && exec "$@"'
+        """`args` run on this host: in its network namespace, with its own /tmp/ray, Ray's folder (a private
+        mount namespace: Ray names its sockets the same on every node, and a worker takes the head's paths)."""
+        own_ray = 'mkdir -p /tmp/ray "$1/ray" && mount --bind "$1/ray" /tmp/ray && shift && exec "$@"'
         return ["ip", "netns", "exec", self.name, "unshare", "--mount", "--propagation", "private",
-                "sh", "-c", own_tmp, "sh", str(self.tmp), *args]
+                "sh", "-c", own_ray, "sh", str(self.tmp), *args]
 
     def popen(self, args: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
@@ -336,7 +338,8 @@ class Cluster:
         ).stdout
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST_"))}
         env.update(_exports(printed))
-        env.update({"TMPDIR": "/tmp", "HOME": str(host.tmp),
+        # Ray's folder is /tmp/ray (each host's own, `exec_args`); TMPDIR, for everything else, is the host's.
+        env.update({"RAY_TMPDIR": "/tmp", "TMPDIR": str(host.tmp), "HOME": str(host.tmp),
                     "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"})
         env.update(self.extra_env)
         return env
