@@ -84,3 +84,17 @@ def test_info(capsys):
 def test_help_and_version(argv):
     result = run_cli(*argv)
     assert result.returncode == 0 and result.stdout
+
+
+def test_env_turns_on_rays_token_auth_and_names_the_token_file_never_the_token(tmp_path, capsys):
+    """Ray 2.60 starts heads with token authentication: every node needs the mode and the same token."""
+    token = tmp_path / "ray-token"
+    token.write_text("s3cret-token-value")
+    assert main(["env", "--auth-token-file", str(token)]) == 0
+    printed = capsys.readouterr().out
+    assert "export RAY_AUTH_MODE=token" in printed.splitlines()
+    assert f"export RAY_AUTH_TOKEN_PATH={token.resolve()}" in printed.splitlines()
+    assert "s3cret-token-value" not in printed
+    assert main(["env", "--auth", "disabled"]) == 0
+    printed = capsys.readouterr().out
+    assert "export RAY_AUTH_MODE=disabled" in printed.splitlines() and "RAY_AUTH_TOKEN" not in printed
