@@ -1,10 +1,12 @@
 """The cluster scenarios of docs/reliability.md: SwiftEmbed on several hosts behind an ingress, under load while
 hosts join, fail and update.
 
-    .venv/bin/python -m loadtest.cluster_scenarios [--json out.json] [--only spread host-kill ...]
+    .venv/bin/python -m loadtest.cluster_scenarios [--json out.json] [--pictures docs/img] [--only spread ...]
+    .venv/bin/python -m loadtest.cluster_scenarios --markdown out.json      # docs/reliability.md's tables
 
 Runs as root (network namespaces; see loadtest/cluster.py). One cluster of a head and three 1-CPU worker hosts
-serves every scenario in turn; each scenario runs a bounded load through the ingress on 127.0.0.1 (a raw HTTP
+serves the scenarios in SCENARIOS in turn (the bulk job and the large table build clusters of their own), a real
+Prometheus scraping every host; each scenario runs a bounded load through the ingress on 127.0.0.1 (a raw HTTP
 client that retries a failed request, and the official openai client with one retry) and reports requests sent,
 failed requests for a client that retries once, the longest pause between two answers, and its own timings.
 tests/test_cluster.py runs the same functions and checks their figures.
