@@ -30,8 +30,9 @@ from ray.serve.metrics import Counter, Histogram
 
 from swiftembed.app import EmbeddingApi
 from swiftembed.batching import Batcher, Pooled
-from swiftembed.catalog import Catalog
+from swiftembed.catalog import Catalog, UnknownModel
 from swiftembed.chunking import Chunk
+from swiftembed.frontdoor import NO_MODEL, LoadMeter
 from swiftembed.ingress import ReplicaServer, choose_ingress, serve_environment
 from swiftembed.metrics import BATCH_BUCKETS, KERNEL_BUCKETS_MS, LATENCY_BUCKETS_MS
 from swiftembed.pooling import Precision
@@ -229,6 +230,9 @@ class SwiftEmbedDeployment:
         self.batch_config = {"max_batch_size": size, "batch_wait_timeout_s": wait}
 
     # The DeploymentHandle API ------------------------------------------------------------------------------
+    def call(self, method: str, model: str | None) -> HandleCall:
+        return HandleCall(self.api.load, self.metrics, method, model)
+
     async def embed(
         self,
         texts: str | list[str],
@@ -241,20 +245,18 @@ class SwiftEmbedDeployment:
         """Vectors for `texts` (one string gives a 1-D vector) from `model` (a served model's short name or full id;
         default the service's default), batched with concurrent HTTP and handle calls. An unknown model raises
         `UnknownModel` (a KeyError)."""
-        served = self.catalog.get(model)
-        single = isinstance(texts, str)
-        batch = _text_list(texts)
-        embedder = served.embedder
-        embedder.check_options(dimensions, precision)
-        self.api.load.enter()  # handle calls are load too
-        try:
+        with self.call("embed", model) as call:
+            served = self.catalog.get(model)
+            single = isinstance(texts, str)
+            batch = _text_list(texts)
+            embedder = served.embedder
+            embedder.check_options(dimensions, precision)
             pooled = (await self.batcher.pool(batch, served) if batch
                       else Pooled(np.zeros((0, embedder.dim), np.float32), []))
-        finally:
-            self.api.load.exit()
-        vectors = embedder.finish(
-            pooled.sums, tokens=pooled.tokens, normalize=normalize, dimensions=dimensions, precision=precision
-        )
+            vectors = embedder.finish(
+                pooled.sums, tokens=pooled.tokens, normalize=normalize, dimensions=dimensions, precision=precision
+            )
+            call.done(served.name, len(batch), sum(pooled.tokens))
         return vectors[0] if single else vectors
 
     async def chunk(
@@ -270,27 +272,26 @@ class SwiftEmbedDeployment:
     ) -> list[list[Chunk]] | list[Chunk]:
         """Each document's chunks, `Chunk(start, end, embedding)`, as `Embedder.chunk` gives them (one string: its
         list), from one pass over each document."""
-        embedder = self.catalog.get(model).embedder
-        call = functools.partial(embedder.chunk, texts, chunk_tokens, overlap_tokens, normalize=normalize,
-                                 dimensions=dimensions, precision=precision)
-        self.api.load.enter()
-        try:
-            if self.batcher.long_documents([texts] if isinstance(texts, str) else texts):
-                return await anyio.to_thread.run_sync(call)  # the event loop keeps serving
-            return call()
-        finally:
-            self.api.load.exit()
+        with self.call("chunk", model) as call:
+            served = self.catalog.get(model)
+            work = functools.partial(served.embedder.chunk, texts, chunk_tokens, overlap_tokens, normalize=normalize,
+                                     dimensions=dimensions, precision=precision)
+            documents = [texts] if isinstance(texts, str) else texts
+            if self.batcher.long_documents(documents):
+                chunks = await anyio.to_thread.run_sync(work)  # the event loop keeps serving
+            else:
+                chunks = work()
+            call.done(served.name, len(documents), 0)
+        return chunks
 
     async def sparse(self, texts: str | list[str], *, model: str | None = None) -> list[SparseVector] | SparseVector:
         """Sparse lexical vectors, `SparseVector(indices, values)`, as `Embedder.sparse` gives them (one string: its
         vector): what /embed_sparse answers, for hybrid search beside `embed`."""
-        served = self.catalog.get(model)
-        batch = _text_list(texts)
-        self.api.load.enter()
-        try:
-            vectors, _ = await self.batcher.sparse(batch, served)
-        finally:
-            self.api.load.exit()
+        with self.call("sparse", model) as call:
+            served = self.catalog.get(model)
+            batch = _text_list(texts)
+            vectors, tokens = await self.batcher.sparse(batch, served)
+            call.done(served.name, len(batch), tokens)
         return vectors[0] if isinstance(texts, str) else vectors
 
     async def similarity(self, a: str | list[str], b: str | list[str], *, model: str | None = None) -> np.ndarray:
@@ -309,6 +310,37 @@ class SwiftEmbedDeployment:
                        for m in self.catalog],
             "pid": os.getpid(), "batch": self.batch_config, "largest_batch_requests": self.batcher.largest_batch,
         }
+
+
+class HandleCall:
+    """One handle call as load (for the autoscaler) and in the metrics HTTP requests go to, under the route
+    `handle:<method>` and the status HTTP would have answered the same error with (404 unknown model, 422 bad
+    input, 500 otherwise): a caller on handles sees its traffic and latency on the same dashboard."""
+
+    __slots__ = ("load", "metrics", "route", "model", "texts", "tokens", "start")
+
+    def __init__(self, load: LoadMeter, metrics: RayMetrics, method: str, model: str | None) -> None:
+        self.load, self.metrics, self.route = load, metrics, f"handle:{method}"
+        self.model, self.texts, self.tokens = NO_MODEL, 0, 0
+
+    def __enter__(self) -> HandleCall:
+        self.start = time.perf_counter()
+        self.load.enter()
+        return self
+
+    def done(self, model: str, texts: int, tokens: int) -> None:
+        self.model, self.texts, self.tokens = model, texts, tokens
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        self.load.exit()
+        if kind is UnknownModel:
+            status = 404
+        elif kind is not None and issubclass(kind, (ValueError, TypeError)):
+            status = 422
+        else:
+            status = 500 if kind is not None else 200
+        latency_ms = (time.perf_counter() - self.start) * 1e3
+        self.metrics.request(self.route, status, latency_ms, self.texts, self.tokens, self.model)
 
 
 def _text_list(texts: str | list[str]) -> list[str]:

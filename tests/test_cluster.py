@@ -28,6 +28,7 @@ from loadtest.cluster_scenarios import (
     handles_across_hosts,
     host_loss,
     panel_series,
+    rolling_update,
     scale_out_and_in,
     spread,
     start_prometheus,
@@ -131,6 +132,13 @@ def test_host_loss(cluster, prometheus, how):
 
 
 @needs_namespaces
+def test_rolling_update_under_load(cluster, prometheus):
+    figures = run("rolling update", rolling_update, cluster)
+    no_failures(figures)
+    assert figures["new_model_answered"], figures
+
+
+@needs_namespaces
 def test_bulk_job_across_hosts():
     """The Ray Data job on a cluster of its own (it needs the workers' CPUs the service holds in the other)."""
     figures = bulk(lines=20_000)
@@ -142,8 +150,7 @@ def test_bulk_job_across_hosts():
 @needs_namespaces
 def test_every_dashboard_panel_shows_each_scenario(cluster, prometheus):
     """Every panel of deploy/grafana/swiftembed.json, with its own PromQL, has data over each scenario's window
-    in a Prometheus scraping every host, but those the replica ingress leaves empty by design
-    (loadtest.cluster_scenarios.PROXY_ONLY, HANDLE_ONLY)."""
+    in a Prometheus scraping every host."""
     if prometheus is None:
         pytest.skip("prometheus not found (bash .ci/run installs the Debian package prometheus)")
     assert WINDOWS, "no scenario ran before this test"

@@ -177,7 +177,6 @@ def test_catalogue_has_the_contracted_swiftembed_metrics():
         "ray_swiftembed_kernel_time_ms",
         "ray_serve_num_http_requests_total",
         "ray_serve_http_request_latency_ms",
-        "ray_serve_deployment_processing_latency_ms",
         "ray_serve_deployment_queued_queries",
         "ray_serve_replica_processing_queries",
         "ray_serve_deployment_replica_healthy",

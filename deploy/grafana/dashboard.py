@@ -28,6 +28,8 @@ APP = 'application="$application"'
 MODEL = 'model=~"$model"'  # the SwiftEmbed (sw_*) metrics only; Serve and Ray metrics have no model label
 USER_ROUTES = 'route!~"/-/.*"'  # leave out Serve's own /-/healthz and /-/routes
 SW_ROUTES = 'route!~"/health|/metrics"'  # the same for SwiftEmbed's front door
+HTTP_ONLY = 'route!~"handle:.*"'  # SwiftEmbed's metrics count handle calls too, under handle:<method>
+ERRORS = 'status=~"[45].."'
 OBJECT_STORE = 'Name="object_store_memory"'  # ray_resources: the object-store capacity
 GRID_WIDTH = 24
 
@@ -99,8 +101,9 @@ def quantiles(key: str, *matchers: str, legend: str = "", qs: tuple[float, ...] 
 
 
 def share(key: str, label: str, pattern: str, *matchers: str) -> str:
-    """Fraction of a counter's rate whose `label` matches the regex `pattern`."""
-    return f"{rate(key, *matchers, f'{label}=~{json.dumps(pattern)}')} / {rate(key, *matchers)}"
+    """Fraction of a counter's rate whose `label` matches the regex `pattern`: 0, not nothing, while traffic
+    flows without a match (a selector matching no series gives no value, not 0)."""
+    return f"({rate(key, *matchers, f'{label}=~{json.dumps(pattern)}')} or vector(0)) / {rate(key, *matchers)}"
 
 
 ROWS: list[Row] = [
@@ -202,9 +205,12 @@ ROWS: list[Row] = [
                 unit="reqps",
             ),
             Panel(
-                "HTTP requests/s at the proxies by status",
-                "Everything the Serve proxies answered, including requests refused before reaching a replica.",
-                [Target(rate("http_requests", APP, USER_ROUTES, by="status_code"), "{{status_code}}")],
+                "HTTP requests/s at the ingress by status",
+                "Everything the ingress answered, including requests refused before reaching a replica: the Serve "
+                "proxies (proxy and HAProxy ingress), or the replicas' own front doors (replica ingress).",
+                [Target(rate("http_requests", APP, USER_ROUTES, by="status_code"), "{{status_code}} proxy"),
+                 Target(rate("sw_requests", APP, SW_ROUTES, MODEL, HTTP_ONLY, by="status"),
+                        "{{status}} replicas")],
                 unit="reqps",
             ),
             Panel(
@@ -221,13 +227,17 @@ ROWS: list[Row] = [
                 unit="percentunit",
             ),
             Panel(
-                "Error responses/s by deployment and code",
-                "4xx and 5xx responses Serve attributes to each deployment, by status code.",
+                "Error responses/s by code",
+                "4xx and 5xx responses: those Serve attributes to a deployment, and those the replicas answered "
+                "(handle calls under handle:<method>, with the status HTTP gives the same error). 0 while none.",
                 [
                     Target(
                         rate("deployment_http_errors", APP, USER_ROUTES, by="deployment, error_code"),
                         "{{deployment}} {{error_code}}",
-                    )
+                    ),
+                    Target(rate("sw_requests", APP, MODEL, ERRORS, by="route, status"),
+                           "{{route}} {{status}}"),
+                    Target(f"{rate('sw_requests', APP, MODEL, ERRORS)} or vector(0)", "all (replicas)"),
                 ],
                 unit="reqps",
             ),
@@ -250,22 +260,13 @@ ROWS: list[Row] = [
         "Latency",
         [
             Panel(
-                "End-to-end latency at the Serve proxy",
-                "From the proxy receiving a request to it sending the response: what clients see, minus the "
-                "network. Buckets come from RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS (default starts at 1 ms).",
-                quantiles("http_latency", APP, USER_ROUTES),
-                unit="ms",
-            ),
-            Panel(
-                "Replica processing latency (Serve)",
-                "Time inside the replica as Serve measures it, without proxy and queueing time.",
-                quantiles("processing_latency", APP),
-                unit="ms",
-            ),
-            Panel(
-                "SwiftEmbed handler latency",
-                "The SwiftEmbed histogram, with sub-millisecond buckets: handler time inside the replica.",
-                quantiles("sw_latency", APP, MODEL),
+                "Latency at the ingress and in the replicas",
+                "proxy: from Ray's proxy receiving a request to it sending the response, what clients see minus "
+                "the network (buckets from RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS, default from 1 ms). replicas: "
+                "the SwiftEmbed histogram (sub-millisecond buckets), time in the replica's front door, which is "
+                "the whole server-side time under the replica ingress; the gap is proxy work plus queueing.",
+                quantiles("http_latency", APP, USER_ROUTES, legend="proxy ")
+                + quantiles("sw_latency", APP, SW_ROUTES, MODEL, legend="replicas "),
                 unit="ms",
             ),
             Panel(
