@@ -592,7 +592,8 @@ def serve_view(cluster: Cluster) -> dict[str, Any]:
     deployment = app.get("deployments", {}).get(DEPLOYMENT, {})
     return {"app": app.get("status"), "app_message": app.get("message"), "deployment": deployment.get("status"),
             "deployment_message": deployment.get("message"),
-            "replicas": [(r.get("replica_id"), r.get("state"), r.get("node_ip")) for r in deployment.get("replicas", [])]}
+            "replicas": [(r.get("replica_id"), r.get("state"), r.get("node_ip"))
+                         for r in deployment.get("replicas", [])]}
 
 
 def replica_ids(cluster: Cluster) -> list[str]:
