@@ -61,9 +61,9 @@ def main() -> None:
     from model2vec import StaticModel
 
     from swiftembed import Embedder
-    from swiftembed.batch import run_batch
-    from swiftembed.bulk import NpyWriter, encode_stream, open_input
-    from swiftembed.model import DEFAULT_MODEL_DIR
+    from swiftembed.core.model import DEFAULT_MODEL_DIR
+    from swiftembed.files.bulk import NpyWriter, encode_stream, open_input
+    from swiftembed.ray.data_job import run_batch
 
     texts, source = corpus_lines(args.lines)
     work = Path(tempfile.mkdtemp(prefix="bench_bulk_"))

@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from swiftembed import Embedder
-    from swiftembed.catalog import BUNDLED
+    from swiftembed.core.catalog import BUNDLED
 
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
     print(f"document: {args.tokens} tokens; chunk {args.chunk} tokens, overlap {args.overlap}; rounds {args.rounds}")

@@ -27,7 +27,7 @@ def main() -> None:
     from model2vec import StaticModel
 
     from swiftembed import Embedder
-    from swiftembed.model import DEFAULT_MODEL_DIR
+    from swiftembed.core.model import DEFAULT_MODEL_DIR
 
     texts, source = benchmark_texts(args.texts)
     ours = Embedder.load()

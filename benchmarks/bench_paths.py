@@ -182,7 +182,7 @@ def bench_library(shapes: list[Shape], duration: int, rounds: int) -> dict[str, 
     from model2vec import StaticModel
 
     from swiftembed import Embedder, wire
-    from swiftembed.model import DEFAULT_MODEL_DIR
+    from swiftembed.core.model import DEFAULT_MODEL_DIR
 
     ours, reference = Embedder.load(), StaticModel.from_pretrained(str(DEFAULT_MODEL_DIR))
     results = {}

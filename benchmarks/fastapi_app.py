@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from model2vec import StaticModel
 from pydantic import BaseModel
 
-from swiftembed.model import DEFAULT_MODEL_DIR
+from swiftembed.core.model import DEFAULT_MODEL_DIR
 
 model = StaticModel.from_pretrained(str(DEFAULT_MODEL_DIR))
 app = FastAPI()

@@ -12,12 +12,12 @@ from starlette.types import Receive, Scope
 
 from benchmarks.shapes import noop_answers
 from swiftembed import Embedder
-from swiftembed.app import EmbeddingApi
-from swiftembed.batching import Batcher
-from swiftembed.catalog import Catalog
-from swiftembed.frontdoor import Answer
-from swiftembed.metrics import PrometheusMetrics
-from swiftembed.settings import Settings
+from swiftembed.core.catalog import Catalog
+from swiftembed.http.frontdoor import Answer
+from swiftembed.http.routes import EmbeddingApi
+from swiftembed.service.batcher import Batcher
+from swiftembed.service.metrics import PrometheusMetrics
+from swiftembed.service.settings import Settings
 
 embedder = Embedder.load()
 ANSWERS = noop_answers(embedder)

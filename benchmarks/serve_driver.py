@@ -31,7 +31,7 @@ import statistics
 import sys
 import time
 
-from swiftembed.ingress import serve_environment
+from swiftembed.ray.ingress import serve_environment
 
 port, ingress = int(sys.argv[1]), sys.argv[2]
 replicas = int(sys.argv[3]) if len(sys.argv) > 3 else 1
@@ -47,8 +47,8 @@ from starlette.types import Receive, Scope  # noqa: E402
 
 from benchmarks.shapes import SENTENCE, noop_answers  # noqa: E402
 from swiftembed import Embedder  # noqa: E402
-from swiftembed.frontdoor import Answer  # noqa: E402
-from swiftembed.serve import APP_NAME, DEPLOYMENT_NAME, NAMESPACE, SwiftEmbedDeployment  # noqa: E402
+from swiftembed.http.frontdoor import Answer  # noqa: E402
+from swiftembed.ray.deployment import APP_NAME, DEPLOYMENT_NAME, NAMESPACE, SwiftEmbedDeployment  # noqa: E402
 
 OPTIONS = {"num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5}}
 

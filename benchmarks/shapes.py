@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from swiftembed import Embedder
-from swiftembed.wire import json_bytes, jsonl_lines
+from swiftembed.http.wire import json_bytes, jsonl_lines
 
 SENTENCE = "A man with a hard hat is dancing number {}."
 

@@ -16,10 +16,10 @@ from starlette.routing import Mount, Route
 
 from benchmarks.shapes import noop_answers
 from swiftembed import Embedder
-from swiftembed.app import create_app
-from swiftembed.batching import Pooled
-from swiftembed.catalog import Served
-from swiftembed.evaluate import load_contextual
+from swiftembed.core.catalog import Served
+from swiftembed.eval.quality import load_contextual
+from swiftembed.http.routes import create_app
+from swiftembed.service.batcher import Pooled
 
 encode = load_contextual()
 

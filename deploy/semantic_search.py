@@ -17,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from swiftembed.serve import SwiftEmbedDeployment
+from swiftembed.ray.deployment import SwiftEmbedDeployment
 
 DEFAULT_CORPUS = [
     "To reset your password, open Settings, choose Security and click 'Forgot password'.",

@@ -149,8 +149,8 @@ def _serve():
     import ray
     from ray import serve
 
-    from swiftembed.ingress import serve_environment
-    from swiftembed.serve import NAMESPACE, SwiftEmbedDeployment
+    from swiftembed.ray.deployment import NAMESPACE, SwiftEmbedDeployment
+    from swiftembed.ray.ingress import serve_environment
     from tests.servers import free_port
 
     port = free_port()

@@ -179,8 +179,8 @@ def run(args: argparse.Namespace) -> dict:
     from ray.cluster_utils import Cluster
 
     from swiftembed import Embedder
-    from swiftembed.ingress import serve_environment
-    from swiftembed.serve import DEPLOYMENT_NAME, NAMESPACE, SwiftEmbedDeployment
+    from swiftembed.ray.deployment import DEPLOYMENT_NAME, NAMESPACE, SwiftEmbedDeployment
+    from swiftembed.ray.ingress import serve_environment
     from tests.servers import free_port
 
     # Ray's proxy: two "nodes" on one host would each start an HAProxy on the same port.

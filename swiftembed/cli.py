@@ -9,8 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from swiftembed import __version__, evaluate
-from swiftembed.bulk import (
+from swiftembed import __version__
+from swiftembed.core.catalog import BUNDLED, Catalog
+from swiftembed.core.embedder import Embedder
+from swiftembed.core.model import ModelError
+from swiftembed.core.pooling import PRECISIONS
+from swiftembed.eval import quality
+from swiftembed.files.bulk import (
     DEFAULT_CHUNK,
     INPUT_FORMATS,
     InputError,
@@ -24,12 +29,8 @@ from swiftembed.bulk import (
     output_shape,
     read_records,
 )
-from swiftembed.catalog import BUNDLED, Catalog
-from swiftembed.embedder import Embedder
-from swiftembed.ingress import INGRESSES
-from swiftembed.model import ModelError
-from swiftembed.pooling import PRECISIONS
-from swiftembed.settings import Settings, read_key_file
+from swiftembed.ray.ingress import INGRESSES
+from swiftembed.service.settings import Settings, read_key_file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,7 +180,7 @@ def _add_batch(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from swiftembed.batch import run_batch
+    from swiftembed.ray.data_job import run_batch
 
     result = run_batch(
         args.input, args.output_dir, fmt=args.input_format, field=args.field, column=args.column,
@@ -231,10 +232,16 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--api-key-file", metavar="PATH", help="require Authorization: Bearer KEY, KEY read from PATH "
                    "(or SWIFTEMBED_API_KEY / SWIFTEMBED_API_KEY_FILE in the environment)")
     p.add_argument("--api-key", help=argparse.SUPPRESS)  # kept for old scripts: it warns (the process list shows it)
-    p.add_argument("--max-texts", type=int, help="texts per request (default 2048)")
-    p.add_argument("--max-chars", type=int, help="characters per text (default 100000)")
-    p.add_argument("--long-text", choices=("truncate", "reject"), help="texts over --max-chars (default truncate)")
-    p.add_argument("--max-body-bytes", type=int, help="JSON request body limit (default 16 MiB)")
+    d = Settings()  # every default from the one place that holds it
+    p.add_argument("--max-texts", type=int, help=f"texts per request (default {d.max_texts})")
+    p.add_argument("--max-chars", type=int, help=f"characters per text (default {d.max_chars})")
+    p.add_argument("--long-text", choices=("truncate", "reject"),
+                   help=f"texts over --max-chars (default {d.long_text})")
+    p.add_argument("--max-body-bytes", type=int, help=f"JSON request body limit (default {d.max_body_bytes})")
+    p.add_argument("--max-batch-size", type=int,
+                   help=f"most requests merged into one kernel call (default {d.max_batch_size})")
+    p.add_argument("--batch-wait-timeout-s", type=float,
+                   help=f"how long a batch may wait for more requests (default {d.batch_wait_timeout_s})")
     p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allow this CORS origin (repeatable)")
     p.add_argument("--model", action="append", dest="models", metavar="[NAME=]MODEL",
                    help="serve this model: a directory, bundled model name or Hub id, as NAME if given (repeatable; "
@@ -264,7 +271,7 @@ def _add_env(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 def _run_env(args: argparse.Namespace) -> int:
     import shlex
 
-    from swiftembed.ingress import choose_ingress, serve_environment
+    from swiftembed.ray.ingress import choose_ingress, serve_environment
 
     env = serve_environment(choose_ingress(args.ingress), args.port)
     env["RAY_AUTH_MODE"] = args.auth
@@ -293,6 +300,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_chars=args.max_chars,
         long_text=args.long_text,
         max_body_bytes=args.max_body_bytes,
+        max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_timeout_s,
         cors_origins=tuple(args.cors_origins) if args.cors_origins else None,
     )
 
@@ -300,12 +309,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def _run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.standalone:
-        from swiftembed.standalone import run_standalone
+        from swiftembed.http.server import run_standalone
 
         catalog = Catalog.load(args.models, default=args.default_model, max_tokens=args.max_tokens)
         run_standalone(catalog, settings, host=args.host, port=args.port)
         return 0
-    from swiftembed.serve import run_local
+    from swiftembed.ray.deployment import run_local
 
     run_local(
         models=args.models,
@@ -332,7 +341,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:  # type: ignore[typ
     )
     sts.add_argument("file", type=Path)
     sts.add_argument("--format", choices=("tsv", "jsonl"), help="default: jsonl for .jsonl/.ndjson, else tsv")
-    sts.add_argument("--contextual", action="store_true", help=f"also score {evaluate.CONTEXTUAL_NAME} (eval extra)")
+    sts.add_argument("--contextual", action="store_true", help=f"also score {quality.CONTEXTUAL_NAME} (eval extra)")
     add_model_options(sts)
     sts.set_defaults(run=_run_sts)
     fm = sub.add_parser(
@@ -341,7 +350,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:  # type: ignore[typ
         description="A case passes when the anchor is closer (cosine) to its positive than to its negative; "
         "a tie is a miss.",
     )
-    fm.add_argument("--contextual", action="store_true", help=f"also score {evaluate.CONTEXTUAL_NAME} (eval extra)")
+    fm.add_argument("--contextual", action="store_true", help=f"also score {quality.CONTEXTUAL_NAME} (eval extra)")
     fm.add_argument("--json", action="store_true", help="JSON with per-case cosines instead of a table")
     add_model_options(fm)
     fm.set_defaults(run=_run_failure_modes)
@@ -349,30 +358,30 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:  # type: ignore[typ
     _add_eval_retrieval(sub)
 
 
-def _encoders(args: argparse.Namespace) -> dict[str, tuple[str, evaluate.Encoder]] | None:
+def _encoders(args: argparse.Namespace) -> dict[str, tuple[str, quality.Encoder]] | None:
     """{"ours": ..., "contextual": ...}; the extra is loaded first so a missing one fails before any work."""
     contextual = None
     if args.contextual:
         try:
-            contextual = evaluate.load_contextual()
-        except evaluate.MissingExtra as exc:
+            contextual = quality.load_contextual()
+        except quality.MissingExtra as exc:
             print(f"swiftembed: error: {exc}", file=sys.stderr)
             return None
     embedder = load_embedder(args)
-    encoders: dict[str, tuple[str, evaluate.Encoder]] = {"ours": (embedder.model_id, embedder.encode)}
+    encoders: dict[str, tuple[str, quality.Encoder]] = {"ours": (embedder.model_id, embedder.encode)}
     if contextual is not None:
-        encoders["contextual"] = (evaluate.CONTEXTUAL_NAME, contextual)
+        encoders["contextual"] = (quality.CONTEXTUAL_NAME, contextual)
     return encoders
 
 
 def _run_sts(args: argparse.Namespace) -> int:
-    pairs = evaluate.read_pairs(args.file, args.format)
+    pairs = quality.read_pairs(args.file, args.format)
     encoders = _encoders(args)
     if encoders is None:
         return 2
-    results = {role: (name, evaluate.evaluate_sts(encode, pairs)) for role, (name, encode) in encoders.items()}
+    results = {role: (name, quality.evaluate_sts(encode, pairs)) for role, (name, encode) in encoders.items()}
     width = max(len(name) for name, _ in results.values()) + 2
-    print(f"{args.file}: {len(pairs)} pairs ({args.format or evaluate.detect_pair_format(args.file)})")
+    print(f"{args.file}: {len(pairs)} pairs ({args.format or quality.detect_pair_format(args.file)})")
     print(f"{'model':<{width}}{'spearman':>9}{'pearson':>9}")
     for name, result in results.values():
         print(f"{name:<{width}}{result.spearman:>9.2f}{result.pearson:>9.2f}")
@@ -384,15 +393,15 @@ def _run_sts(args: argparse.Namespace) -> int:
 
 
 def _run_failure_modes(args: argparse.Namespace) -> int:
-    cases = evaluate.check_suite()
+    cases = quality.check_suite()
     encoders = _encoders(args)
     if encoders is None:
         return 2
-    runs = {role: evaluate.run_suite(encode, cases) for role, (_, encode) in encoders.items()}
-    tables = {role: evaluate.accuracy(results) for role, results in runs.items()}
+    runs = {role: quality.run_suite(encode, cases) for role, (_, encode) in encoders.items()}
+    tables = {role: quality.accuracy(results) for role, results in runs.items()}
     if args.json:
         report = {
-            "suite": evaluate.SUITE_PATH.name,
+            "suite": quality.SUITE_PATH.name,
             "models": {role: name for role, (name, _) in encoders.items()},
             "accuracy": tables,
             "cases": [
@@ -413,7 +422,7 @@ def _run_failure_modes(args: argparse.Namespace) -> int:
         }
         print(json.dumps(report, indent=2))
         return 0
-    print(f"failure modes: {len(cases)} cases ({evaluate.SUITE_PATH.name}); "
+    print(f"failure modes: {len(cases)} cases ({quality.SUITE_PATH.name}); "
           "a case passes when cos(anchor, positive) wins")
     for role, (name, _) in encoders.items():
         print(f"{role}: {name}")
@@ -435,7 +444,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--model", action="append", dest="models", metavar="MODEL",
                    help="model directory or bundled name (repeatable; default: vendored potion-base-8M)")
-    p.add_argument("--contextual", action="store_true", help=f"also probe {evaluate.CONTEXTUAL_NAME} (eval extra)")
+    p.add_argument("--contextual", action="store_true", help=f"also probe {quality.CONTEXTUAL_NAME} (eval extra)")
     p.add_argument("--C", type=float, default=10.0, dest="c", help="inverse L2 regularization (default 10)")
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--seed", type=int, default=0, help="fold shuffling seed")
@@ -445,18 +454,18 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from swiftembed import classify
+    from swiftembed.eval import classify
 
     sets = classify.read_sets(args.paths)
     try:
         classify.require_sklearn()
-        encoders: dict[str, evaluate.Encoder] = {}
+        encoders: dict[str, quality.Encoder] = {}
         for name in args.models or [None]:
             embedder = Embedder.load(name, max_tokens=args.max_tokens)
             encoders[name or embedder.model_id] = embedder.encode
         if args.contextual:
-            encoders[evaluate.CONTEXTUAL_NAME] = evaluate.load_contextual()
-    except evaluate.MissingExtra as exc:
+            encoders[quality.CONTEXTUAL_NAME] = quality.load_contextual()
+    except quality.MissingExtra as exc:
         print(f"swiftembed: error: {exc}", file=sys.stderr)
         return 2
     runs = {name: classify.evaluate_classification(encode, sets, c=args.c, folds=args.folds, seed=args.seed)
@@ -482,7 +491,7 @@ def _run_classify(args: argparse.Namespace) -> int:
 
 
 def _add_eval_retrieval(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from swiftembed import retrieval
+    from swiftembed.eval import retrieval
 
     p = sub.add_parser(
         "retrieval",
@@ -503,7 +512,7 @@ def _add_eval_retrieval(sub: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 def _run_retrieval(args: argparse.Namespace) -> int:
-    from swiftembed import retrieval
+    from swiftembed.eval import retrieval
 
     embedder = load_embedder(args)
     result = retrieval.evaluate_retrieval(

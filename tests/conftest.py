@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from swiftembed import Embedder
-from swiftembed.model import DEFAULT_MODEL_DIR
+from swiftembed.core.model import DEFAULT_MODEL_DIR
 
 # ../shared beside the checkout holds the evaluation data; a plain clone has none. SWIFTEMBED_SHARED points
 # elsewhere (`none`: behave as a plain clone, so every data-dependent test runs on the generated stand-ins).
@@ -56,6 +56,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:  # a live Ray cluster takes tens of seconds to start and serve: not for the fast lane
+        if item.get_closest_marker("ray") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
     if config.getoption("--data-dependent"):
         keep = [item for item in items if "sentences" in getattr(item, "fixturenames", ())]
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
@@ -70,7 +73,7 @@ def embedder() -> Embedder:
 @pytest.fixture(scope="session")
 def embedders(embedder) -> dict[str, Embedder]:
     """Every bundled model by short name, the default first."""
-    from swiftembed.catalog import BUNDLED
+    from swiftembed.core.catalog import BUNDLED
 
     return {name: embedder if i == 0 else Embedder.load(name) for i, name in enumerate(BUNDLED)}
 
@@ -148,8 +151,8 @@ def ray_serve():
     """One Ray + Serve for the whole session: starting Ray costs seconds, so tests share it."""
     import os
 
-    from swiftembed.ingress import serve_environment
-    from swiftembed.serve import NAMESPACE
+    from swiftembed.ray.deployment import NAMESPACE
+    from swiftembed.ray.ingress import serve_environment
     from tests.servers import free_port
 
     http_port, metrics_port = free_port(), free_port()

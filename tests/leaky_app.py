@@ -6,8 +6,8 @@ import os
 
 from starlette.types import Receive, Scope, Send
 
-from swiftembed.catalog import Catalog
-from swiftembed.standalone import standalone_app
+from swiftembed.core.catalog import Catalog
+from swiftembed.http.server import standalone_app
 
 LEAK_BYTES = 1024
 _inner = standalone_app(Catalog.load(["potion-base-8M"]))

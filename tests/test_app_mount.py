@@ -7,9 +7,9 @@ import asyncio
 
 import orjson
 
-from swiftembed.app import create_app
-from swiftembed.metrics import PrometheusMetrics
-from swiftembed.settings import Settings
+from swiftembed.http.routes import create_app
+from swiftembed.service.metrics import PrometheusMetrics
+from swiftembed.service.settings import Settings
 
 
 def call(app, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, bytes]:

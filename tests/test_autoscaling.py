@@ -20,7 +20,7 @@ import psutil
 import pytest
 import yaml
 
-from swiftembed.ingress import serve_environment
+from swiftembed.ray.ingress import serve_environment
 from tests.servers import free_port, wait_healthy
 
 pytestmark = pytest.mark.ray

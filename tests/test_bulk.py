@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from swiftembed.batch import plan_shards, shard_records
-from swiftembed.bulk import InputError, NpyWriter, ParquetWriter, encode_stream, open_input, read_records
 from swiftembed.cli import main
+from swiftembed.files.bulk import InputError, NpyWriter, ParquetWriter, encode_stream, open_input, read_records
+from swiftembed.ray.data_job import plan_shards, shard_records
 from tests.conftest import VARIED_TEXTS
 
 FIELD = "body"
@@ -272,7 +272,7 @@ def test_read_records_text_stream_still_works():
 # The Ray Data job ---------------------------------------------------------------------------------------------
 @pytest.mark.ray
 def test_ray_batch_equals_embedder(ray_serve, tmp_path, embedder, texts):
-    from swiftembed.batch import run_batch
+    from swiftembed.ray.data_job import run_batch
 
     expected = embedder.encode(texts)
     for fmt, workers in (("text", 2), ("jsonl", 1), ("parquet", 1)):
@@ -289,7 +289,7 @@ def test_ray_batch_equals_embedder(ray_serve, tmp_path, embedder, texts):
 
 @pytest.mark.ray
 def test_ray_batch_malformed_lines(ray_serve, tmp_path, embedder):
-    from swiftembed.batch import run_batch
+    from swiftembed.ray.data_job import run_batch
 
     source = tmp_path / "in.jsonl"
     source.write_text(BAD_JSONL)

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from swiftembed import Embedder, chunking
-from swiftembed.chunking import Chunk, ChunkedText, chunk_sums, chunk_texts
-from swiftembed.model import load_model
+from swiftembed.core.chunking import Chunk, ChunkedText, chunk_sums, chunk_texts
+from swiftembed.core.model import load_model
 from tests.conftest import VARIED_TEXTS, unigram_tokenizer, wordlevel_tokenizer, write_model
 
 ATOL = 1e-6

@@ -1,4 +1,4 @@
-"""`swiftembed.classify` and `swiftembed eval classify`: reading labeled sets, the linear probe, the CLI."""
+"""`swiftembed.eval.classify` and `swiftembed eval classify`: reading labeled sets, the linear probe, the CLI."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swiftembed.bulk import InputError
-from swiftembed.classify import evaluate_classification, mean_accuracy, probe, read_sets
 from swiftembed.cli import main
+from swiftembed.eval.classify import evaluate_classification, mean_accuracy, probe, read_sets
+from swiftembed.files.bulk import InputError
 from tests.conftest import SENTEVAL_DIR
 
 pytest.importorskip("sklearn")
@@ -132,12 +132,12 @@ def test_senteval_cr(embedder) -> None:
 
 def test_cli_names_the_missing_extra(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from swiftembed import evaluate
+    from swiftembed.eval import quality
 
     def missing(*args: object, **kwargs: object) -> None:
-        raise evaluate.MissingExtra(f"the contextual model needs the eval extra: {evaluate.EXTRA_HINT}")
+        raise quality.MissingExtra(f"the contextual model needs the eval extra: {quality.EXTRA_HINT}")
 
-    monkeypatch.setattr(evaluate, "load_contextual", missing)
+    monkeypatch.setattr(quality, "load_contextual", missing)
     texts, labels = separable(20)
     path = tmp_path / "toy.jsonl"
     path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)))

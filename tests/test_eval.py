@@ -1,4 +1,4 @@
-"""`swiftembed.evaluate` and `swiftembed eval`: STS reading and scoring, the failure-mode suite, the CLI."""
+"""`swiftembed.eval.quality` and `swiftembed eval`: STS reading and scoring, the failure-mode suite, the CLI."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from swiftembed.bulk import InputError
 from swiftembed.cli import main
-from swiftembed.evaluate import (
+from swiftembed.eval.quality import (
     SUITE_COUNTS,
     MissingExtra,
     Pair,
@@ -29,6 +28,7 @@ from swiftembed.evaluate import (
     read_pairs,
     run_suite,
 )
+from swiftembed.files.bulk import InputError
 from tests.conftest import STSB_DIR
 
 STSB_DEV = STSB_DIR / "sts-dev.csv"

@@ -43,7 +43,7 @@ def _replica_pids(handle, want: int, timeout: float = 60.0) -> set[int]:
 def test_replica_killed_under_load(ray_serve, embedder):
     from ray import serve
 
-    from swiftembed.serve import DEPLOYMENT_NAME
+    from swiftembed.ray.deployment import DEPLOYMENT_NAME
 
     with deployed(ray_serve.url, "fault", num_replicas=2) as srv:
         handle = serve.get_app_handle("fault")

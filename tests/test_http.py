@@ -72,6 +72,13 @@ def test_metrics_exposition(url):
     assert 'swiftembed_requests_total{model="swiftembed-potion-sts-8M",route="/embed",status="200"}' in text
     assert 'swiftembed_requests_total{model="none",route="/embed",status="404"}' in text
     assert "text-embedding-3-small" not in text  # a client's name never becomes a label value
+    # Every metric of the one table, batch metrics included, as Ray's replicas export them (less `ray_`).
+    from swiftembed.service.metrics import METRICS
+
+    for metric in METRICS:
+        sample = f"{metric.name}_bucket" if metric.kind == "histogram" else f"{metric.name}_total"
+        assert f"# TYPE {metric.name} {metric.kind}" in text and sample in text, metric.name
+    assert 'swiftembed_batch_size_bucket{le="2.0",model="potion-base-8M"}' in text
 
 
 def test_body_that_stops_midway(url):
@@ -113,8 +120,15 @@ def test_limits(strict_url):
     info = httpx.get(f"{strict_url}/info", headers=auth).json()
     assert info["limits"] == {"max_texts": 4, "max_chars": 20, "long_text": "reject", "max_body_bytes": 4096,
                               "max_jsonl_bytes": 268435456, "max_jsonl_lines": 1000000, "max_document_chars": 4000000,
-                              "body_chunk_timeout_s": 5.0, "body_timeout_s": 10.0, "auth": True}
-    assert "s3cret" not in httpx.get(f"{strict_url}/openapi.json", headers=auth).text
+                              "body_chunk_timeout_s": 5.0, "body_timeout_s": 10.0, "max_batch_size": 64,
+                              "batch_wait_timeout_s": 0.0, "auth": True}
+    spec = httpx.get(f"{strict_url}/openapi.json", headers=auth)
+    assert "s3cret" not in spec.text
+    # The spec says what the front door does: a key everywhere but on the two open paths.
+    assert spec.json()["security"] == [{"bearer": []}]
+    paths = spec.json()["paths"]
+    assert paths["/health"]["get"]["security"] == [] and paths["/metrics"]["get"]["security"] == []
+    assert "security" not in paths["/embed"]["post"] and "security" not in paths["/info"]["get"]
 
 
 def test_body_deadline_answers_its_reader_and_leaves_other_cancellations_alone(embedder):
@@ -122,15 +136,16 @@ def test_body_deadline_answers_its_reader_and_leaves_other_cancellations_alone(e
     cancellation from anyone else (a client gone, a server stopping) still cancels the request."""
     import asyncio
 
-    from swiftembed.app import EmbeddingApi
-    from swiftembed.batching import Batcher
-    from swiftembed.catalog import Catalog
-    from swiftembed.metrics import NoMetrics
-    from swiftembed.settings import Settings
-    from swiftembed.wire import ApiError
+    from swiftembed.core.catalog import Catalog
+    from swiftembed.http.routes import EmbeddingApi
+    from swiftembed.http.wire import ApiError
+    from swiftembed.service.batcher import Batcher
+    from swiftembed.service.metrics import NoMetrics
+    from swiftembed.service.service import EmbeddingService
+    from swiftembed.service.settings import Settings
 
-    api = EmbeddingApi(Catalog.of(embedder), Batcher(), Settings(body_chunk_timeout_s=0.2, body_timeout_s=0.5),
-                       NoMetrics())
+    settings = Settings(body_chunk_timeout_s=0.2, body_timeout_s=0.5)
+    api = EmbeddingApi(EmbeddingService(Catalog.of(embedder), Batcher(), settings), NoMetrics())
     scope = {"type": "http", "headers": [(b"content-type", b"application/json")]}
 
     async def stalled_receive() -> dict:

@@ -20,8 +20,8 @@ import httpx
 import psutil
 import pytest
 
-from swiftembed import ingress
-from swiftembed.ingress import bind_to_frontend_host
+from swiftembed.ray import ingress
+from swiftembed.ray.ingress import bind_to_frontend_host
 from tests import api_checks
 from tests.servers import free_port, stop_process, wait_healthy
 
@@ -177,7 +177,7 @@ def test_serve_gives_the_last_replica_its_drain(ray_serve):
     /-/healthz failing for http_drain_s (Serve waits for the destructor), then its port closes."""
     from ray import serve
 
-    from swiftembed.serve import SwiftEmbedDeployment
+    from swiftembed.ray.deployment import SwiftEmbedDeployment
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

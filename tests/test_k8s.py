@@ -228,7 +228,7 @@ def test_serve_configs_parse_with_ray_schema():
         schema = parse_serve_config(config)
         assert [app.name for app in schema.applications] == ["swiftembed"]
         app = schema.applications[0]
-        assert app.import_path == "swiftembed.serve:build_app"
+        assert app.import_path == "swiftembed.ray.deployment:build_app"
         assert app.route_prefix == "/"
         assert [d.name for d in app.deployments] == ["SwiftEmbed"]
         assert not unknown_serve_fields(config), unknown_serve_fields(config)
@@ -315,9 +315,7 @@ def test_latency_buckets_are_sub_millisecond_and_keep_the_alert_threshold():
 
 def test_latency_buckets_match_the_local_serve_environment():
     """k8s and a local `serve_environment()` run should bucket latencies alike (read without importing Ray)."""
-    source = ROOT / "swiftembed" / "ingress.py"
-    if not source.exists():
-        pytest.skip("swiftembed/ingress.py not written yet")
+    source = ROOT / "swiftembed" / "ray" / "ingress.py"
     constants = {
         node.targets[0].id: node.value.value
         for node in ast.parse(source.read_text()).body
@@ -325,17 +323,16 @@ def test_latency_buckets_match_the_local_serve_environment():
         and isinstance(node.targets[0], ast.Name)
         and isinstance(node.value, ast.Constant)
     }
-    if "SERVE_LATENCY_BUCKETS_MS" not in constants:
-        pytest.skip("swiftembed/ingress.py defines no SERVE_LATENCY_BUCKETS_MS")
+    assert "SERVE_LATENCY_BUCKETS_MS" in constants, "swiftembed/ray/ingress.py defines no SERVE_LATENCY_BUCKETS_MS"
     for group in groups():
         env = {e["name"]: e.get("value") for e in ray_container(group).get("env", [])}
         assert env["RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS"] == constants["SERVE_LATENCY_BUCKETS_MS"]
 
 
 def test_every_pod_starts_ray_with_the_replica_ingress():
-    """The RayService runs what `swiftembed serve` runs: swiftembed.ingress.serve_environment("replica") in every
+    """The RayService runs what `swiftembed serve` runs: swiftembed.ray.ingress.serve_environment("replica") in every
     pod, Ray's proxy off, and each replica on the pods' `serve` port, the one KubeRay's readiness probe asks."""
-    from swiftembed.ingress import serve_environment
+    from swiftembed.ray.ingress import serve_environment
 
     local = serve_environment("replica")
     keys = ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_worker_niceness",
@@ -418,3 +415,20 @@ def test_ray_token_authentication_is_on_and_no_token_is_written():
     for group in groups():
         env = {e["name"]: e for e in ray_container(group).get("env", [])}
         assert "RAY_AUTH_TOKEN" not in env or "value" not in env["RAY_AUTH_TOKEN"]
+
+
+def test_batch_settings_in_every_config_are_the_settings_defaults():
+    """Batch size and wait have one default (swiftembed/service/settings.py); the Serve configs and the RayService
+    spell it out as `user_config` (so it can be changed live) and must agree with it."""
+    from swiftembed.service.settings import Settings
+
+    configs = {path.name: yaml.safe_load(path.read_text()) for path in (ROOT / "deploy").glob("serve-*.yaml")}
+    configs["rayservice.yaml"] = serve_config_v2()
+    checked = 0
+    for name, config in configs.items():
+        for application in config["applications"]:
+            for deployment in application.get("deployments", []):
+                if "user_config" in deployment:
+                    assert deployment["user_config"] == Settings().batch(), (name, deployment["name"])
+                    checked += 1
+    assert checked >= 3, configs.keys()

@@ -8,9 +8,9 @@ import asyncio
 import httpx
 import numpy as np
 
-from swiftembed.app import create_app
-from swiftembed.batching import Batcher
-from swiftembed.catalog import Catalog
+from swiftembed.core.catalog import Catalog
+from swiftembed.http.routes import create_app
+from swiftembed.service.batcher import Batcher
 
 
 def _client(app) -> httpx.AsyncClient:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from swiftembed import Embedder, ModelError, load_model
-from swiftembed.model import DEFAULT_MODEL_DIR, DEFAULT_MODEL_ID
+from swiftembed.core.model import DEFAULT_MODEL_DIR, DEFAULT_MODEL_ID
 from tests.conftest import write_model
 
 

@@ -185,6 +185,19 @@ def test_catalogue_has_the_contracted_swiftembed_metrics():
     } <= names
 
 
+def test_catalogue_agrees_with_the_metric_table():
+    """SwiftEmbed's metrics are declared once (swiftembed/service/metrics.py); the catalogue the dashboard and
+    alerts are built from names each as Ray exports it, with the same type and labels (plus Serve's own)."""
+    from swiftembed.service.metrics import METRICS
+
+    entries = {entry["name"]: entry for entry in catalogue().values() if entry["name"].startswith("ray_swiftembed_")}
+    exported = {f"ray_{m.name}{'_total' if m.kind == 'counter' else ''}": m for m in METRICS}
+    assert set(entries) == set(exported)
+    for name, metric in exported.items():
+        assert entries[name]["type"] == metric.kind, name
+        assert entries[name]["labels"] == ["application", "deployment", "replica", *metric.labels], name
+
+
 def test_name_check_catches_an_unknown_metric():
     assert unknown_metrics('sum(rate(ray_swiftembed_requests_total{route="/embed"}[1m]))') == set()
     assert unknown_metrics("rate(ray_swiftembed_request_total[1m])") == {"ray_swiftembed_request_total"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from swiftembed import Embedder
-from swiftembed.model import DEFAULT_MODEL_DIR, load_model
+from swiftembed.core.model import DEFAULT_MODEL_DIR, load_model
 from tests.conftest import VARIED_TEXTS, unigram_tokenizer, wordlevel_tokenizer, write_model
 
 model2vec = pytest.importorskip("model2vec")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from swiftembed.pooling import mean_pool, quantize
+from swiftembed.core.pooling import mean_pool, quantize
 from tests.conftest import VARIED_TEXTS
 
 
@@ -124,7 +124,7 @@ def test_similarity(embedder):
 
 
 def test_large_input_is_chunked(embedder, monkeypatch, sentences):
-    import swiftembed.embedder as module
+    import swiftembed.core.embedder as module
 
     whole = embedder.encode(sentences[:300])
     monkeypatch.setattr(module, "CHUNK_TEXTS", 64)

@@ -87,7 +87,7 @@ def app(ray_serve):
     in its own module fixture; each deletes it when its module ends)."""
     from ray import serve
 
-    from swiftembed.serve import APP_NAME, build_app
+    from swiftembed.ray.deployment import APP_NAME, build_app
 
     assert APP_NAME == APPLICATION
     handle = serve.run(build_app({}), name=APP_NAME, route_prefix="/")

@@ -39,7 +39,7 @@ import numpy as np
 import psutil
 import pytest
 
-from swiftembed.settings import Settings
+from swiftembed.service.settings import Settings
 from tests import api_checks
 from tests.servers import free_port, wait_healthy
 
@@ -89,7 +89,7 @@ def deployed(base: str, name: str, settings: dict | None = None, **options) -> I
     deployment, `settings` to the app's Settings."""
     from ray import serve
 
-    from swiftembed.serve import SwiftEmbedDeployment
+    from swiftembed.ray.deployment import SwiftEmbedDeployment
 
     options.setdefault("ray_actor_options", {"num_cpus": 0.25})
     serve.run(SwiftEmbedDeployment.options(**options).bind(settings=settings or {}), name=name,
@@ -587,7 +587,7 @@ def test_limits_on_by_default():
 
 
 def test_api_key_compared_in_constant_time():
-    from swiftembed.frontdoor import FrontDoor
+    from swiftembed.http.frontdoor import FrontDoor
 
     source = inspect.getsource(FrontDoor.refuse)
     assert "hmac.compare_digest(given, self.expected)" in source

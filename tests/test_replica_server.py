@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from swiftembed.ingress import DRAIN_MARKERS, ReplicaServer, draining_on, listeners
+from swiftembed.ray.ingress import DRAIN_MARKERS, ReplicaServer, draining_on, listeners
 from tests.servers import free_port
 
 

@@ -71,7 +71,7 @@ def test_models_user_config_and_replicas_change_under_load_without_a_failed_requ
 
     def deploy(models: list[str], *, replicas: int = 1, batch: int = 64) -> None:
         application = {
-            "name": APP, "route_prefix": f"/{APP}", "import_path": "swiftembed.serve:build_app",
+            "name": APP, "route_prefix": f"/{APP}", "import_path": "swiftembed.ray.deployment:build_app",
             "args": {"models": models, **http},
             "deployments": [{"name": "SwiftEmbed", "num_replicas": replicas,
                              "ray_actor_options": {"num_cpus": 0.25},

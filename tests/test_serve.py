@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from swiftembed.service.inputs import ApiError
 from tests import api_checks
 from tests.servers import free_port
 
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def app(ray_serve):
     from ray import serve
 
-    from swiftembed.serve import APP_NAME, build_app
+    from swiftembed.ray.deployment import APP_NAME, build_app
 
     serve.run(build_app({}), name=APP_NAME, route_prefix="/")
     yield serve.get_app_handle(APP_NAME)
@@ -78,8 +79,27 @@ def test_handle_api(app, embedder):
     np.testing.assert_allclose(sims, embedder.similarity("a dog runs", texts), atol=1e-6)
     info = app.info.remote().result()
     assert info["table_source"] == "object_store" and info["checksum"] == embedder.checksum
-    with pytest.raises(Exception, match="dimensions must be between"):
+    with pytest.raises(ApiError, match="'dimensions' must be an integer from 1 to 256") as error:
         app.embed.remote(texts, dimensions=999).result()
+    assert error.value.status == 422 and error.value.code == "invalid_value"
+
+
+def test_handle_and_http_refuse_the_same_inputs(ray_serve, app):
+    """One set of input rules for both ways in: a handle call raises the ApiError HTTP answers with."""
+    cases = [
+        ({"texts": []}, {}),
+        ({"texts": ["fine", 7]}, {}),
+        ({"texts": ["a dog"], "dimensions": 0}, {"dimensions": 0}),
+        ({"texts": ["a dog"], "normalize": "yes"}, {"normalize": "yes"}),
+        ({"texts": ["a dog"], "model": "text-embedding-3-small"}, {"model": "text-embedding-3-small"}),
+    ]
+    for body, options in cases:
+        answer = httpx.post(ray_serve.url + "/embed", json=body, timeout=30)
+        with pytest.raises(ApiError) as error:
+            app.embed.remote(body["texts"], **options).result()
+        want = answer.json()["error"]
+        assert (error.value.status, error.value.code, error.value.message) == (
+            answer.status_code, want["code"], want["message"]), body
 
 
 def test_handle_api_selects_the_model(app, embedders):
@@ -91,8 +111,9 @@ def test_handle_api_selects_the_model(app, embedders):
         info = app.info.remote(model=name).result()
         assert info["checksum"] == embedder.checksum and info["table_source"] == "object_store"
     assert [m["name"] for m in app.info.remote().result()["models"]] == list(embedders)
-    with pytest.raises(Exception, match="not served here"):
+    with pytest.raises(ApiError, match="not served here") as error:
         app.embed.remote(texts, model="text-embedding-3-small").result()
+    assert error.value.status == 404 and error.value.code == "model_not_found"
     # Concurrent calls for both models: every answer has its own model's rows.
     calls = [(name, f"text {i}") for i in range(40) for name in embedders]
     responses = [app.embed.remote([text], model=name) for name, text in calls]
@@ -214,8 +235,8 @@ def test_four_replicas_share_one_table_per_model_and_survive_owner_death(ray_ser
     import ray
     from ray import serve
 
-    from swiftembed.serve import SwiftEmbedDeployment
-    from swiftembed.tables import NAMESPACE, owner_name
+    from swiftembed.ray.deployment import SwiftEmbedDeployment
+    from swiftembed.ray.tables import NAMESPACE, owner_name
 
     def replicas(share: bool, name: str, models: list[str] | None = None) -> list[dict]:
         deployment = SwiftEmbedDeployment.options(num_replicas=4, ray_actor_options={"num_cpus": 0.05})
@@ -274,13 +295,13 @@ def test_four_replicas_share_one_table_per_model_and_survive_owner_death(ray_ser
 def test_serve_configs_validate_and_build(config):
     from ray.serve.schema import ServeDeploySchema
 
-    from swiftembed.serve import build_app
+    from swiftembed.ray.deployment import build_app
 
     spec = yaml.safe_load((ROOT / "deploy" / config).read_text())
     schema = ServeDeploySchema.model_validate(spec)
     assert schema.applications
     for application in spec["applications"]:
-        if application["import_path"] == "swiftembed.serve:build_app":
+        if application["import_path"] == "swiftembed.ray.deployment:build_app":
             built = build_app(application.get("args"))
             assert built is not None
             deployment = application["deployments"][0]

@@ -9,9 +9,10 @@ import pytest
 
 from swiftembed import Embedder
 from swiftembed.cli import main
-from swiftembed.evaluate import Pair
-from swiftembed.model import load_model
-from swiftembed.retrieval import (
+from swiftembed.core.model import load_model
+from swiftembed.core.sparse import WEIGHTINGS, SparseVector, sparse_encode, token_weights
+from swiftembed.eval.quality import Pair
+from swiftembed.eval.retrieval import (
     build_task,
     choose,
     compare,
@@ -21,7 +22,6 @@ from swiftembed.retrieval import (
     paired_bootstrap,
     split_queries,
 )
-from swiftembed.sparse import WEIGHTINGS, SparseVector, sparse_encode, token_weights
 from tests.conftest import STSB_DIR, VARIED_TEXTS, write_model
 
 STSB_DEV = STSB_DIR / "sts-dev.csv"

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swiftembed.model import load_model
-from swiftembed.tokenizer import TextTokenizer, TokenBatch
+from swiftembed.core.model import load_model
+from swiftembed.core.tokenizer import TextTokenizer, TokenBatch
 
 
 # Both bundled tokenizers: potion-base-8M's, and swiftembed-potion-sts-8M's with ~4,000 "not X" phrase tokens.
@@ -77,7 +77,7 @@ def test_real_sentences(pair, sentences):
 
 
 def test_cache_is_bounded(pair, monkeypatch):
-    import swiftembed.tokenizer as module
+    import swiftembed.core.tokenizer as module
 
     monkeypatch.setattr(module, "_WORD_CACHE_LIMIT", 50)
     fast, slow = pair

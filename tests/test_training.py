@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from swiftembed import Embedder
-from swiftembed.evaluate import SUITE_COUNTS, Pair, accuracy, check_suite, evaluate_sts, read_pairs, run_suite
-from swiftembed.model import DEFAULT_MODEL_DIR
+from swiftembed.core.model import DEFAULT_MODEL_DIR
+from swiftembed.eval.quality import SUITE_COUNTS, Pair, accuracy, check_suite, evaluate_sts, read_pairs, run_suite
 from tests.conftest import STSB_DIR
 from training.corpus import WORDNET_DIR, sample_sentences, wordnet_antonyms, wordnet_sentences
 from training.train import split_pairs

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swiftembed.embedder import Embedder
+from swiftembed.core.embedder import Embedder
 from training.corpus import fortune_sentences, wordnet_lemmas, wordnet_sentences
 from training.train import (
     Batches,
@@ -153,7 +153,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
             rows = range(len(val))
             cos = (embed(val_a, rows) * embed(val_b, rows)).sum(-1).numpy()
             vectors = embed(corpus_bags, held_rows).numpy()
-        from swiftembed.evaluate import correlations
+        from swiftembed.eval.quality import correlations
 
         figures = {"epoch": epoch, "sts_val": correlations(cos, val_y).spearman,
                    **proxies(vectors, held_teacher, held_pairs),

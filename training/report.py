@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import benchmark_texts, interleaved, machine, median  # noqa: E402
-from swiftembed.embedder import Embedder  # noqa: E402
-from swiftembed.evaluate import SUITE_COUNTS, accuracy, check_suite, evaluate_sts, read_pairs, run_suite  # noqa: E402
+from swiftembed.core.embedder import Embedder  # noqa: E402
+from swiftembed.eval.quality import SUITE_COUNTS, accuracy, check_suite, evaluate_sts, read_pairs, run_suite  # noqa: E402
 
 STSB_DEV = ROOT.parent / "shared" / "data" / "stsb" / "sts-dev.csv"
 

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import AddedToken, Tokenizer
 
-from swiftembed.embedder import Embedder
-from swiftembed.evaluate import Pair, correlations, load_contextual, read_pairs
-from swiftembed.model import DEFAULT_MODEL_DIR
+from swiftembed.core.embedder import Embedder
+from swiftembed.core.model import DEFAULT_MODEL_DIR
+from swiftembed.eval.quality import Pair, correlations, load_contextual, read_pairs
 from training.corpus import sample_sentences, wordnet_antonyms
 
 log = logging.getLogger("swiftembed.train")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from swiftembed.bulk import (
+from swiftembed.files.bulk import (
     DEFAULT_CHUNK,
     InputError,
     InputFormat,
@@ -141,8 +141,8 @@ class ShardEmbedder:
         self, *, path: str, fmt: InputFormat, output_dir: str, field: str, column: str, on_error: OnError,
         model: str | None, max_tokens: int | None, batch_size: int,
     ) -> None:
-        from swiftembed.catalog import Catalog
-        from swiftembed.tables import SharedTables
+        from swiftembed.core.catalog import Catalog
+        from swiftembed.ray.tables import SharedTables
 
         tables = SharedTables()
         self.embedder = Catalog.load([model], max_tokens=max_tokens, table=tables).default.embedder
@@ -200,7 +200,7 @@ def run_batch(
     """
     import ray
 
-    from swiftembed.model import load_model
+    from swiftembed.core.model import load_model
 
     source, output_dir = Path(source).resolve(), Path(output_dir).resolve()
     if not source.is_file():

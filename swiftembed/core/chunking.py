@@ -64,11 +64,11 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from tokenizers import Tokenizer
 
-from swiftembed.pooling import Precision, mean_pool
-from swiftembed.tokenizer import _WORD_CACHE_LIMIT, TextTokenizer, TokenBatch, _AsciiWordPiece
+from swiftembed.core.pooling import Precision, mean_pool
+from swiftembed.core.tokenizer import _WORD_CACHE_LIMIT, TextTokenizer, TokenBatch, _AsciiWordPiece
 
 if TYPE_CHECKING:
-    from swiftembed.embedder import Embedder
+    from swiftembed.core.embedder import Embedder
 
 # Texts longer than this are tokenized in pieces cut at whitespace (where the tokenizer allows it): one long
 # encode is single-threaded and grows faster than linearly; pieces go to the tokenizer's thread pool.

@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 import numpy as np
 
-from swiftembed.embedder import Embedder
+from swiftembed.core.embedder import Embedder
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -397,7 +397,7 @@ def _chunk_rows(
     options: dict[str, object],
 ) -> tuple[list[int], np.ndarray, Spans]:
     """One step's chunk rows: ids, vectors (finished as one batch) and spans."""
-    from swiftembed.chunking import chunk_sums, finish_chunks
+    from swiftembed.core.chunking import chunk_sums, finish_chunks
 
     chunked = chunk_sums(embedder, texts, chunk_tokens, overlap_tokens)
     ids = [record.line for record, one in zip(step, chunked) for _ in range(len(one))]

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 if TYPE_CHECKING:
-    from swiftembed.embedder import Embedder
-    from swiftembed.tokenizer import TokenBatch
+    from swiftembed.core.embedder import Embedder
+    from swiftembed.core.tokenizer import TokenBatch
 
 # Texts per tokenize + unique pass: bounds the temporary memory of very large inputs, as `Embedder.encode` does.
 CHUNK_TEXTS = 8192

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from swiftembed.model import StaticModel, load_model
-from swiftembed.pooling import DENSE_BELOW, PRECISIONS, Precision, finish, mean_pool, pool_lists
-from swiftembed.tokenizer import TextTokenizer, TokenBatch
+from swiftembed.core.model import StaticModel, load_model
+from swiftembed.core.pooling import DENSE_BELOW, PRECISIONS, Precision, finish, mean_pool, pool_lists
+from swiftembed.core.tokenizer import TextTokenizer, TokenBatch
 
 if TYPE_CHECKING:
-    from swiftembed.chunking import Chunk
-    from swiftembed.sparse import SparseVector
+    from swiftembed.core.chunking import Chunk
+    from swiftembed.core.sparse import SparseVector
 
 # Texts per kernel call inside `encode`: bounds the temporary memory of very large inputs.
 CHUNK_TEXTS = 8192
@@ -161,8 +161,8 @@ class Embedder:
 
     def sparse(self, texts: str | Sequence[str], **options: object) -> list[SparseVector] | SparseVector:
         """Sparse lexical vectors (token id -> weight) from the same tokens as `encode`, one per text (a single
-        string: its vector); options of `swiftembed.sparse.sparse_encode` (`normalize=True`)."""
-        from swiftembed.sparse import sparse_encode
+        string: its vector); options of `swiftembed.core.sparse.sparse_encode` (`normalize=True`)."""
+        from swiftembed.core.sparse import sparse_encode
 
         if isinstance(texts, str):
             return sparse_encode(self, [texts], **options)[0]  # type: ignore[arg-type]
@@ -181,9 +181,9 @@ class Embedder:
         """Each text cut into chunks of whole words, at most `chunk_tokens` tokens each, consecutive chunks
         overlapping by at most `overlap_tokens`: `Chunk(start, end, embedding)` lists (a single string: its list).
 
-        A chunk's embedding is `encode(text[start:end])` with the same options; see `swiftembed.chunking`.
+        A chunk's embedding is `encode(text[start:end])` with the same options; see `swiftembed.core.chunking`.
         """
-        from swiftembed.chunking import chunk_texts
+        from swiftembed.core.chunking import chunk_texts
 
         return chunk_texts(
             self, texts, chunk_tokens, overlap_tokens, normalize=normalize, dimensions=dimensions, precision=precision

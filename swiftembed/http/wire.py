@@ -14,43 +14,24 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import orjson
 
-from swiftembed.settings import Settings
+from swiftembed.service import inputs
+from swiftembed.service.inputs import DEFAULT_OPTIONS, ApiError, Options, invalid, text
+from swiftembed.service.settings import Settings
 
 ErrorStyle = Literal["openai", "tei"]
+__all__ = ["DEFAULT_OPTIONS", "ApiError", "Options", "invalid", "text"]  # the inputs' rules, for the routes
 
 
-class ApiError(Exception):
-    """A client-facing error: HTTP status, message, and the OpenAI envelope's type/param/code."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
-
-    def body(self, style: ErrorStyle = "openai") -> bytes:
-        if style == "tei":
-            return orjson.dumps({"error": self.message, "error_type": _TEI_TYPES.get(self.status, "Validation")})
-        return orjson.dumps(
-            {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        )
+def error_body(error: ApiError, style: ErrorStyle = "openai") -> bytes:
+    """An error as OpenAI's envelope, or as TEI's `{"error", "error_type"}` on TEI's routes."""
+    if style == "tei":
+        return orjson.dumps({"error": error.message, "error_type": _TEI_TYPES.get(error.status, "Validation")})
+    return orjson.dumps({"error": {"message": error.message, "type": error.type, "param": error.param,
+                                   "code": error.code}})
 
 
 _TEI_TYPES = {400: "Validation", 401: "Unauthorized", 404: "NotFound", 413: "Validation", 422: "Validation",
-              429: "Overloaded",
-              503: "Unhealthy"}
-
-
-def invalid(message: str, param: str | None = None) -> ApiError:
-    return ApiError(422, message, param=param, code="invalid_value")
+              429: "Overloaded", 503: "Unhealthy"}
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -60,27 +41,11 @@ def parse_json(body: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(value, dict):
-        raise invalid(f"request body must be a JSON object, got {_kind(value)}")
+        raise invalid(f"request body must be a JSON object, got {inputs.kind(value)}")
     return value
 
 
-def _kind(value: object) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number"
-    )
-
-
 # Requests ------------------------------------------------------------------------------------------------------
-class Options(NamedTuple):  # NamedTuples: a third of a frozen dataclass's cost to build, once per request
-    """What a request asks of the vectors, beyond the texts."""
-
-    normalize: bool | None = None
-    dimensions: int | None = None
-
-
-DEFAULT_OPTIONS = Options()
-
-
 class EmbedRequest(NamedTuple):
     """Texts (or, for OpenAI, token id lists) to embed, with how to answer."""
 
@@ -88,59 +53,6 @@ class EmbedRequest(NamedTuple):
     token_ids: list[list[int]] | None
     options: Options
     encoding_format: str = "float"
-
-
-def _texts(value: object, param: str, settings: Settings, *, allow_single: bool = True) -> list[str]:
-    if isinstance(value, str) and allow_single:
-        return [text(value, param, settings)]
-    if not isinstance(value, list):
-        raise invalid(f"'{param}' must be {'a string or ' if allow_single else ''}a list of strings", param)
-    if not value:
-        raise invalid(f"'{param}' must not be empty", param)
-    if len(value) > settings.max_texts:
-        raise ApiError(
-            413, f"'{param}' has {len(value)} texts; the limit is {settings.max_texts} per request", param=param,
-            code="too_many_texts",
-        )
-    limit = settings.max_chars
-    for item in value:
-        if type(item) is not str or len(item) > limit:
-            return [text(item, f"{param}[{i}]", settings) for i, item in enumerate(value)]
-    return value  # the usual case: nothing to name or cut
-
-
-def text(value: object, param: str, settings: Settings) -> str:
-    if not isinstance(value, str):
-        raise invalid(f"'{param}' must be a string, got {_kind(value)}", param)
-    if len(value) > settings.max_chars:
-        if settings.long_text == "reject":
-            raise invalid(f"'{param}' has {len(value)} characters; the limit is {settings.max_chars}", param)
-        return value[: settings.max_chars]
-    return value
-
-
-def _integer(value: object) -> int | None:
-    """An int, or a float with an integral value (JSON, and JSON Schema's `integer`, do not tell 2.0 from 2)."""
-    if type(value) is int:
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _dimensions(value: object, dim: int) -> int | None:
-    if value is None:
-        return None
-    number = _integer(value)
-    if number is None or not 1 <= number <= dim:
-        raise invalid(f"'dimensions' must be an integer from 1 to {dim}", "dimensions")
-    return number
-
-
-def _flag(value: object, param: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    raise invalid(f"'{param}' must be a boolean", param)
 
 
 def parse_openai(obj: dict[str, Any], settings: Settings, dim: int, vocab_size: int) -> EmbedRequest:
@@ -157,8 +69,8 @@ def parse_openai(obj: dict[str, Any], settings: Settings, dim: int, vocab_size: 
     user = obj.get("user")
     if user is not None and not isinstance(user, str):
         raise invalid("'user' must be a string", "user")
-    options = Options(dimensions=_dimensions(obj.get("dimensions"), dim))
-    if isinstance(value, list) and value and all(_integer(v) is not None for v in value):
+    options = Options(dimensions=inputs.dimensions(obj.get("dimensions"), dim))
+    if isinstance(value, list) and value and all(inputs.integer(v) is not None for v in value):
         return EmbedRequest(None, [_token_ids(value, "input", vocab_size)], options, encoding_format)
     if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
         if len(value) > settings.max_texts:
@@ -166,14 +78,14 @@ def parse_openai(obj: dict[str, Any], settings: Settings, dim: int, vocab_size: 
                            param="input", code="too_many_texts")
         ids = [_token_ids(v, f"input[{i}]", vocab_size) for i, v in enumerate(value)]
         return EmbedRequest(None, ids, options, encoding_format)
-    return EmbedRequest(_texts(value, "input", settings), None, options, encoding_format)
+    return EmbedRequest(inputs.texts(value, "input", settings), None, options, encoding_format)
 
 
 def _token_ids(value: list[Any], param: str, vocab_size: int) -> list[int]:
     if not value:
         raise invalid(f"'{param}' must not be empty", param)
     if not all(type(v) is int for v in value):
-        value = [_integer(v) for v in value]
+        value = [inputs.integer(v) for v in value]
     for v in value:
         if v is None:
             raise invalid(f"'{param}' must hold integers", param)
@@ -185,20 +97,19 @@ def _token_ids(value: list[Any], param: str, vocab_size: int) -> list[int]:
 def parse_embed(obj: dict[str, Any], settings: Settings, dim: int) -> tuple[EmbedRequest, ErrorStyle]:
     """POST /embed: SwiftEmbed's `{"texts": [...]}` or TEI's `{"inputs": str | [str], ...}`."""
     if "inputs" in obj:  # TEI: normalize defaults to true; `truncate` is accepted (we always truncate)
-        texts = _texts(obj["inputs"], "inputs", settings)
-        _flag(obj.get("truncate"), "truncate")
-        normalize = _flag(obj.get("normalize"), "normalize")
+        texts = inputs.texts(obj["inputs"], "inputs", settings)
+        inputs.flag(obj.get("truncate"), "truncate")
+        normalize = inputs.flag(obj.get("normalize"), "normalize")
         normalize = True if normalize is None else normalize
-        options = Options(normalize=normalize, dimensions=_dimensions(obj.get("dimensions"), dim))
+        options = Options(normalize=normalize, dimensions=inputs.dimensions(obj.get("dimensions"), dim))
         return EmbedRequest(texts, None, options), "tei"
     if "texts" not in obj:
         raise invalid("'texts' (or TEI's 'inputs') is required", "texts")
-    texts = _texts(obj["texts"], "texts", settings, allow_single=False)
+    texts = inputs.texts(obj["texts"], "texts", settings, allow_single=False)
     if len(obj) == 1:  # the usual request: texts and nothing else
         return EmbedRequest(texts, None, DEFAULT_OPTIONS), "openai"
-    options = Options(
-        normalize=_flag(obj.get("normalize"), "normalize"), dimensions=_dimensions(obj.get("dimensions"), dim)
-    )
+    options = Options(normalize=inputs.flag(obj.get("normalize"), "normalize"),
+                      dimensions=inputs.dimensions(obj.get("dimensions"), dim))
     return EmbedRequest(texts, None, options), "openai"
 
 
@@ -215,30 +126,15 @@ class ChunkRequest(NamedTuple):
 def parse_chunks(obj: dict[str, Any], settings: Settings, dim: int, max_tokens: int | None) -> ChunkRequest:
     """POST /embed/chunks: `{"texts": [...], "chunk_tokens": N, "overlap_tokens": M, ...}`. Documents are limited
     by `max_document_chars` (413 beyond), not by `max_chars`: chunking reads the whole text."""
-    texts = obj.get("texts")
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise invalid("'texts' must be a non-empty list of strings", "texts")
-    if len(texts) > settings.max_texts:
-        raise ApiError(413, f"'texts' has {len(texts)} texts; the limit is {settings.max_texts} per request",
-                       param="texts", code="too_many_texts")
-    for i, t in enumerate(texts):
-        if len(t) > settings.max_document_chars:
-            raise ApiError(413, f"'texts[{i}]' has {len(t)} characters; the limit is {settings.max_document_chars}",
-                           param="texts", code="document_too_long")
-    size = _integer(obj.get("chunk_tokens"))
-    limit = max_tokens or 1_000_000
-    if size is None or not 1 <= size <= limit:
-        raise invalid(f"'chunk_tokens' must be an integer from 1 to {limit}", "chunk_tokens")
-    overlap = _integer(obj.get("overlap_tokens", 0))
-    if overlap is None or not 0 <= overlap < size:
-        raise invalid("'overlap_tokens' must be an integer from 0 to chunk_tokens - 1", "overlap_tokens")
+    texts = inputs.documents(obj.get("texts"), "texts", settings)
+    size, overlap = inputs.chunk_sizes(obj.get("chunk_tokens"), obj.get("overlap_tokens", 0), max_tokens)
     encoding_format = obj.get("encoding_format")
     if encoding_format is None:
         encoding_format = "float"
     if not isinstance(encoding_format, str) or encoding_format not in ("float", "base64"):
         raise invalid("'encoding_format' must be 'float' or 'base64'", "encoding_format")
-    options = Options(normalize=_flag(obj.get("normalize"), "normalize"),
-                      dimensions=_dimensions(obj.get("dimensions"), dim))
+    options = Options(normalize=inputs.flag(obj.get("normalize"), "normalize"),
+                      dimensions=inputs.dimensions(obj.get("dimensions"), dim))
     return ChunkRequest(texts, size, overlap, options, encoding_format)
 
 
@@ -290,7 +186,7 @@ def parse_similarity(obj: dict[str, Any], settings: Settings) -> tuple[list[str]
     if "source" not in obj or "targets" not in obj:
         raise invalid("give 'source' and 'targets', or 'pairs'", "source")
     source = text(obj["source"], "source", settings)
-    targets = _texts(obj["targets"], "targets", settings, allow_single=False)
+    targets = inputs.texts(obj["targets"], "targets", settings, allow_single=False)
     return [source], targets, False
 
 
@@ -298,7 +194,7 @@ def parse_tokenize(obj: dict[str, Any], settings: Settings) -> list[str]:
     key = "texts" if "texts" in obj else "inputs"
     if key not in obj:
         raise invalid("'texts' is required", "texts")
-    return _texts(obj[key], key, settings)
+    return inputs.texts(obj[key], key, settings)
 
 
 def parse_sparse(obj: dict[str, Any], settings: Settings) -> list[str]:
@@ -306,8 +202,8 @@ def parse_sparse(obj: dict[str, Any], settings: Settings) -> list[str]:
     the model's token limit, as for /embed)."""
     if "inputs" not in obj:
         raise invalid("'inputs' is required", "inputs")
-    _flag(obj.get("truncate"), "truncate")
-    return _texts(obj["inputs"], "inputs", settings)
+    inputs.flag(obj.get("truncate"), "truncate")
+    return inputs.texts(obj["inputs"], "inputs", settings)
 
 
 # Responses -----------------------------------------------------------------------------------------------------

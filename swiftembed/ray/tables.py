@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import ray
 
-from swiftembed.model import StaticModel, load_model
+from swiftembed.core.model import StaticModel, load_model
 
 log = logging.getLogger("ray.serve")
 

@@ -11,8 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from swiftembed.embedder import Embedder
-from swiftembed.model import StaticModel, load_model
+from swiftembed.core.embedder import Embedder
+from swiftembed.core.model import StaticModel, load_model
 
 # What a service serves when not told otherwise; the first is the default model.
 BUNDLED: tuple[str, ...] = ("potion-base-8M", "swiftembed-potion-sts-8M")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from swiftembed.bulk import InputError
-from swiftembed.evaluate import Encoder, MissingExtra
+from swiftembed.eval.quality import Encoder, MissingExtra
+from swiftembed.files.bulk import InputError
 
 # SentEval's file names for the binary sets shipped as <stem>.pos / <stem>.neg; any other stem keeps its own name.
 SENTEVAL_NAMES = {"rt-polarity": "MR", "custrev": "CR", "mpqa": "MPQA"}

@@ -8,7 +8,7 @@ corpus text identical to the query but not labelled relevant is left out of that
 Ties count against the relevant document (a document ranks below every other one with an equal or higher score),
 so a method that cannot separate documents gets no credit for it.
 
-Scores: dense cosine, sparse dot product (of L2-normalized `swiftembed.sparse` vectors, a cosine too), and their
+Scores: dense cosine, sparse dot product (of L2-normalized `swiftembed.core.sparse` vectors, a cosine too), and their
 fusion: `convex` alpha * dense + (1 - alpha) * sparse, or `rrf` reciprocal rank fusion 1/(k + rank) summed.
 """
 
@@ -21,9 +21,9 @@ from typing import Literal
 
 import numpy as np
 
-from swiftembed.embedder import Embedder
-from swiftembed.evaluate import Pair, PairFormat, read_pairs
-from swiftembed.sparse import DEFAULT_WEIGHTING, SparseVector, sparse_encode, sparse_from_batch
+from swiftembed.core.embedder import Embedder
+from swiftembed.core.sparse import DEFAULT_WEIGHTING, SparseVector, sparse_encode, sparse_from_batch
+from swiftembed.eval.quality import Pair, PairFormat, read_pairs
 
 Fusion = Literal["convex", "rrf"]
 # Chosen on STS-B train with potion-base-8M (docs/quality.md "Hybrid search"), never on dev.
@@ -146,7 +146,7 @@ def sparse_scores(embedder: Embedder, task: RetrievalTask, weighting: str = DEFA
 
 def corpus_idf(embedder: Embedder, corpus: Sequence[str]) -> np.ndarray:
     """BM25's idf, log(1 + (N - df + 0.5) / (df + 0.5)), per token id over `corpus` (special tokens 0)."""
-    from swiftembed.sparse import token_weights
+    from swiftembed.core.sparse import token_weights
 
     batch = embedder.tokens(corpus)
     vocab = embedder.vocab_size
@@ -267,7 +267,7 @@ def tune(
 ) -> dict[str, object]:
     """Every weighting x fusion x alpha scored by fused MRR@10 on a seeded half of the queries ("tune"), the best
     per weighting and overall re-scored on the other half ("check"), so the choice can be seen to carry over."""
-    from swiftembed.sparse import WEIGHTINGS
+    from swiftembed.core.sparse import WEIGHTINGS
 
     tune_task, check_task = split_queries(task, seed)
     dense = {name: dense_scores(embedder, t) for name, t in (("tune", tune_task), ("check", check_task))}
@@ -318,7 +318,7 @@ def choose(
     (the vector is also served on its own); a twin that differs only in the count transform and is within
     `same_family` of it alone counts as tied (few tokens repeat within a sentence), and BM25 saturation, the
     transform meant for longer texts, wins the tie."""
-    from swiftembed.sparse import WEIGHTINGS
+    from swiftembed.core.sparse import WEIGHTINGS
 
     rows = [r for r in rows if r["weighting"] in WEIGHTINGS]  # idf-corpus is a reference, not servable
     best = max(float(r["fused_tune"]) for r in rows)  # type: ignore[arg-type]
@@ -334,11 +334,11 @@ def choose(
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """`python -m swiftembed.retrieval tune TRAIN_FILE [--model NAME]`: the choice table of docs/quality.md."""
+    """`python -m swiftembed.eval.retrieval tune TRAIN_FILE [--model NAME]`: the choice table of docs/quality.md."""
     import argparse
     import json
 
-    parser = argparse.ArgumentParser(prog="python -m swiftembed.retrieval")
+    parser = argparse.ArgumentParser(prog="python -m swiftembed.eval.retrieval")
     parser.add_argument("command", choices=("tune",))
     parser.add_argument("file")
     parser.add_argument("--model", default=None)

@@ -19,12 +19,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from swiftembed.bulk import InputError
+from swiftembed.files.bulk import InputError
 
 Encoder = Callable[[list[str]], np.ndarray]
 PairFormat = Literal["tsv", "jsonl"]
 
-SUITE_PATH = Path(__file__).parent / "data" / "failure_modes.jsonl"
+SUITE_PATH = Path(__file__).parent / "failure_modes.jsonl"
 # The SwiftEmbed paper's failure-mode proportions; the suite holds a whole multiple of them, in this order.
 SUITE_COUNTS = {"polysemy": 35, "negation": 15, "entity": 22, "composition": 28}
 CASE_FIELDS = ("id", "category", "anchor", "positive", "negative", "note")

@@ -20,10 +20,11 @@ from typing import NamedTuple, Protocol
 import anyio
 import numpy as np
 
-from swiftembed.catalog import Served
-from swiftembed.chunking import ChunkedText, chunk_sums
-from swiftembed.pooling import normalize as normalize_rows
-from swiftembed.sparse import SparseVector, sparse_counted
+from swiftembed.core.catalog import Served
+from swiftembed.core.chunking import ChunkedText, chunk_sums
+from swiftembed.core.pooling import normalize as normalize_rows
+from swiftembed.core.sparse import SparseVector, sparse_counted
+from swiftembed.service.settings import Settings
 
 
 class Pooled(NamedTuple):
@@ -62,8 +63,8 @@ class Batcher:
     def __init__(
         self,
         *,
-        max_batch_size: int = 64,
-        wait_s: float = 0.0,
+        max_batch_size: int = Settings.max_batch_size,
+        wait_s: float = Settings.batch_wait_timeout_s,
         offload_from: int = 1024,
         offload_chars: int = 100_000,
         batch_below: int = 16,
@@ -111,7 +112,7 @@ class Batcher:
         return await future
 
     async def chunk(self, texts: list[str], chunk_tokens: int, overlap_tokens: int, model: Served) -> list[ChunkedText]:
-        """Each document's chunk sums from one pass over it (swiftembed/chunking.py). Not batched across requests:
+        """Each document's chunk sums from one pass over it (swiftembed/core/chunking.py). Not batched across requests:
         a document is a batch of its own; long ones go to a worker thread so the event loop keeps serving."""
         if self.long_documents(texts):
             return await anyio.to_thread.run_sync(chunk_sums, model.embedder, texts, chunk_tokens, overlap_tokens)

@@ -1,4 +1,6 @@
-"""Service settings: request limits, auth, CORS. One dataclass, filled from flags or SWIFTEMBED_* variables."""
+"""Service settings: request limits, batching, auth, CORS. One dataclass, filled from flags or SWIFTEMBED_*
+variables: every default lives here, and the CLI's help, the Serve configs and the RayService are read from or
+checked against it."""
 
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ class Settings:
     body_chunk_timeout_s / body_timeout_s: the longest wait for the next piece of a request body, and for a whole
         JSON body; beyond either the request gets 408 and frees its slot (a client that sends part of a body and
         goes quiet cannot hold a slot). The streamed /embed/jsonl route has only the per-chunk limit.
+    max_batch_size / batch_wait_timeout_s: the most requests merged into one kernel call, and how long a batch
+        may wait for more (0: only for requests already in the event loop's turn). Under Ray Serve a deployment's
+        `user_config` changes them live.
     """
 
     max_texts: int = 2048
@@ -44,15 +49,19 @@ class Settings:
     max_concurrency: int = 256
     body_chunk_timeout_s: float = 5.0
     body_timeout_s: float = 10.0
+    max_batch_size: int = 64
+    batch_wait_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         limits = ("max_texts", "max_chars", "max_body_bytes", "max_jsonl_bytes", "max_jsonl_lines", "max_concurrency",
-                  "max_document_chars")
+                  "max_document_chars", "max_batch_size")
         for name in limits:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         if not 0 < self.body_chunk_timeout_s <= self.body_timeout_s:
             raise ValueError("body timeouts must be positive, the per-chunk one at most the total")
+        if self.batch_wait_timeout_s < 0:
+            raise ValueError("batch_wait_timeout_s must not be negative")
         if self.long_text not in ("truncate", "reject"):
             raise ValueError("long_text must be 'truncate' or 'reject'")
 
@@ -79,6 +88,10 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
+    def batch(self) -> dict[str, object]:
+        """The batch settings as a deployment's `user_config` holds them."""
+        return {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s}
+
     def public(self) -> dict[str, object]:
         """What /info shows: the limits, never the key."""
         return {
@@ -91,6 +104,8 @@ class Settings:
             "max_document_chars": self.max_document_chars,
             "body_chunk_timeout_s": self.body_chunk_timeout_s,
             "body_timeout_s": self.body_timeout_s,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
             "auth": self.api_key is not None,
         }
 

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 from scipy.sparse import csr_matrix
 
-from swiftembed.tokenizer import TokenBatch
+from swiftembed.core.tokenizer import TokenBatch
 
 Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = ("float32", "int8", "uint8", "binary", "ubinary")

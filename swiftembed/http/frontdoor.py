@@ -16,15 +16,15 @@ from typing import NamedTuple
 
 from starlette.types import Receive, Scope, Send
 
-from swiftembed.metrics import Metrics
-from swiftembed.settings import Settings
-from swiftembed.wire import ApiError, ErrorStyle
+from swiftembed.http.wire import ApiError, ErrorStyle, error_body
+from swiftembed.service.metrics import Metrics
+from swiftembed.service.service import LoadMeter
+from swiftembed.service.settings import Settings
 
 log = logging.getLogger("swiftembed")
 
 JSON = "application/json"
 NO_MODEL = "none"  # the metric label of requests that resolved no model
-OPEN_PATHS = frozenset({"/health", "/metrics"})
 INTERNAL_ERROR = ApiError(500, "internal error", type="server_error", code="internal_error")
 
 
@@ -51,47 +51,38 @@ class Answer(NamedTuple):
 
 
 Handler = Callable[[Scope, Receive], Awaitable[Answer]]
-Routes = dict[str, dict[str, Handler]]  # path -> method -> handler
+
+
+class Route(NamedTuple):
+    """One entry of the route table, which the front door dispatches by and the OpenAPI document is checked
+    against. `path` ending in `{id}` matches the prefix before it and anything after (/v1/models/{id});
+    `open` routes answer without the API key."""
+
+    path: str
+    method: str
+    handler: Handler
+    open: bool = False
 
 
 def error_answer(error: ApiError, style: ErrorStyle = "openai", model: str = NO_MODEL) -> Answer:
     headers = tuple((k.lower().encode(), v.encode()) for k, v in error.headers.items())
-    return Answer(error.body(style), status=error.status, headers=headers, model=model)
-
-
-class LoadMeter:
-    """Requests in progress, and for how long at least one was: the share of time the server is busy, which shows
-    saturation whatever share of a CPU the server gets (a request that never yields keeps `in_flight` at 1 while
-    the others wait in the socket queue)."""
-
-    __slots__ = ("in_flight", "_busy_s", "_since")
-
-    def __init__(self) -> None:
-        self.in_flight = 0
-        self._busy_s = 0.0
-        self._since = 0.0
-
-    def enter(self) -> None:
-        if not self.in_flight:
-            self._since = time.perf_counter()
-        self.in_flight += 1
-
-    def exit(self) -> None:
-        self.in_flight -= 1
-        if not self.in_flight:
-            self._busy_s += time.perf_counter() - self._since
-
-    def busy_seconds(self) -> float:
-        """Seconds with a request in progress since the meter started."""
-        return self._busy_s + (time.perf_counter() - self._since if self.in_flight else 0.0)
+    return Answer(error_body(error, style), status=error.status, headers=headers, model=model)
 
 
 class FrontDoor:
-    """The ASGI app: `routes` (exact paths) and `prefixes` (a path and what follows it, e.g. /v1/models/<id>)."""
+    """The ASGI app over a route table."""
 
-    def __init__(self, routes: Routes, prefixes: Routes, settings: Settings, metrics: Metrics) -> None:
-        self.routes, self.prefixes, self.settings, self.metrics = routes, prefixes, settings, metrics
-        self.load = LoadMeter()  # the concurrency bound, and a replica's load for autoscaling
+    def __init__(self, table: list[Route], settings: Settings, metrics: Metrics, load: LoadMeter) -> None:
+        self.routes: dict[str, dict[str, Handler]] = {}  # exact path -> method -> handler
+        self.prefixes: dict[str, dict[str, Handler]] = {}  # prefix -> method -> handler
+        for route in table:
+            if route.path.endswith("{id}"):
+                self.prefixes.setdefault(route.path.removesuffix("{id}"), {})[route.method] = route.handler
+            else:
+                self.routes.setdefault(route.path, {})[route.method] = route.handler
+        self.open_paths = frozenset(route.path for route in table if route.open)
+        self.settings, self.metrics = settings, metrics
+        self.load = load  # the service's: the concurrency bound, and a replica's load for autoscaling
         key = settings.api_key
         self.expected = f"Bearer {key}".encode() if key else None
 
@@ -178,7 +169,7 @@ class FrontDoor:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def refuse(self, scope: Scope, path: str) -> ApiError | None:
-        if self.expected is not None and path not in OPEN_PATHS:
+        if self.expected is not None and path not in self.open_paths:
             given = header(scope, b"authorization")
             if not hmac.compare_digest(given, self.expected):
                 return ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-MODELS_DIR = Path(__file__).parent / "models"
+MODELS_DIR = Path(__file__).parent.parent / "models"
 DEFAULT_MODEL_DIR = MODELS_DIR / "potion-base-8M"
 DEFAULT_MODEL_ID = "minishlab/potion-base-8M"
 DEFAULT_MAX_TOKENS = 512

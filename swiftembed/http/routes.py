@@ -2,33 +2,31 @@
 
 Each route parses and validates with `wire`, resolves the request's `model` in the `Catalog`, hands texts to a
 `Backend` for tokenization and pooling (the `Batcher` in both servers), then finishes and encodes the vectors per
-request into an `Answer`. The front door (swiftembed/frontdoor.py) dispatches to the routes and sends answers.
+request into an `Answer`. The front door (swiftembed/http/frontdoor.py) dispatches to the routes and sends answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
-import numpy as np
 import orjson
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope
 
-from swiftembed import __version__, wire
-from swiftembed.batching import Backend, Batcher, Pooled
-from swiftembed.catalog import Catalog, Served, UnknownModel
-from swiftembed.chunking import finish_chunks
-from swiftembed.embedder import Embedder
-from swiftembed.frontdoor import JSON, Answer, FrontDoor, Routes, Stream, error_answer, header, media_type
-from swiftembed.metrics import Metrics, NoMetrics
-from swiftembed.openapi import openapi_spec
-from swiftembed.settings import Settings
-from swiftembed.wire import ApiError
+from swiftembed.core.catalog import Catalog, Served
+from swiftembed.core.embedder import Embedder
+from swiftembed.http import wire
+from swiftembed.http.frontdoor import JSON, Answer, FrontDoor, Route, Stream, error_answer, header, media_type
+from swiftembed.http.openapi import openapi_spec
+from swiftembed.http.wire import ApiError
+from swiftembed.service.batcher import Backend, Batcher
+from swiftembed.service.metrics import Metrics, NoMetrics
+from swiftembed.service.service import EmbeddingService
+from swiftembed.service.settings import Settings
 
 OCTET = "application/octet-stream"
 OCTET_BYTES = OCTET.encode()  # compared with the raw Accept header on every embedding request
@@ -50,45 +48,44 @@ def create_app(
 ) -> ASGIApp:
     """The SwiftEmbed ASGI app around the served models (one Embedder: that model alone)."""
     catalog = models if isinstance(models, Catalog) else Catalog.of(models)
-    return EmbeddingApi(catalog, backend or Batcher(), settings or Settings(), metrics or NoMetrics()).app
+    settings, metrics = settings or Settings(), metrics or NoMetrics()
+    if backend is None:
+        backend = Batcher(max_batch_size=settings.max_batch_size, wait_s=settings.batch_wait_timeout_s,
+                          observe=metrics.batch)
+    return EmbeddingApi(EmbeddingService(catalog, backend, settings), metrics).app
 
 
 class EmbeddingApi:
-    def __init__(self, catalog: Catalog, backend: Backend, settings: Settings, metrics: Metrics) -> None:
-        self.catalog, self.backend, self.settings, self.metrics = catalog, backend, settings, metrics
-        self.started = int(time.time())
-        self.routes: Routes = {
-            "/v1/embeddings": {"POST": self.openai_embeddings},
-            "/embed": {"POST": self.embed},
-            "/embed/jsonl": {"POST": self.embed_jsonl},
-            "/embed/chunks": {"POST": self.embed_chunks},
-            "/embed_sparse": {"POST": self.embed_sparse},
-            "/similarity": {"POST": self.similarity},
-            "/tokenize": {"POST": self.tokenize},
-            "/v1/models": {"GET": self.list_models},
-            "/health": {"GET": self.health},
-            "/info": {"GET": self.info},
-            "/metrics": {"GET": self.metrics_route},
-            "/openapi.json": {"GET": self.openapi},
-        }
-        self.front = FrontDoor(self.routes, {"/v1/models/": {"GET": self.get_model}}, settings, metrics)
-        self.load = self.front.load  # requests in progress: a replica's load for autoscaling
+    """The routes over an `EmbeddingService`: parse with `wire`, call the service, encode the answer."""
+
+    def __init__(self, service: EmbeddingService, metrics: Metrics) -> None:
+        self.service, self.metrics = service, metrics
+        self.catalog, self.settings = service.catalog, service.settings
+        settings = self.settings
+        self.table = [
+            Route("/v1/embeddings", "POST", self.openai_embeddings),
+            Route("/embed", "POST", self.embed),
+            Route("/embed/jsonl", "POST", self.embed_jsonl),
+            Route("/embed/chunks", "POST", self.embed_chunks),
+            Route("/embed_sparse", "POST", self.embed_sparse),
+            Route("/similarity", "POST", self.similarity),
+            Route("/tokenize", "POST", self.tokenize),
+            Route("/v1/models", "GET", self.list_models),
+            Route("/v1/models/{id}", "GET", self.get_model),
+            Route("/health", "GET", self.health, open=True),
+            Route("/info", "GET", self.info),
+            Route("/metrics", "GET", self.metrics_route, open=True),
+            Route("/openapi.json", "GET", self.openapi),
+        ]
+        self.front = FrontDoor(self.table, settings, metrics, service.load)
         self.app: ASGIApp = self.front
         if settings.cors_origins:  # outermost: preflights carry no API key, and 401/503 answers need CORS headers too
             self.app = CORSMiddleware(
                 self.app, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type", "Accept"], expose_headers=EXPOSED_HEADERS,
             )
-        self._openapi = orjson.dumps(openapi_spec(catalog, settings))
-
-    def model(self, name: object) -> Served:
-        """The served model a request names (None: the default), or 404 `model_not_found`."""
-        if name is not None and not isinstance(name, str):
-            raise wire.invalid("'model' must be a string", "model")
-        try:
-            return self.catalog.get(name)
-        except UnknownModel as exc:
-            raise ApiError(404, f"{exc}", param="model", code="model_not_found") from None
+        self._openapi = orjson.dumps(openapi_spec(self.catalog, settings, self.table))
+        self.model = service.model
 
     # Embedding routes --------------------------------------------------------------------------------------
     async def openai_embeddings(self, scope: Scope, receive: Receive) -> Answer:
@@ -97,12 +94,9 @@ class EmbeddingApi:
         embedder = served.embedder
         req = wire.parse_openai(body, self.settings, embedder.dim, embedder.vocab_size)
         if req.texts is not None:
-            pooled = await self.backend.pool(req.texts, served)
+            vectors, tokens = await self.service.embed(req.texts, served, req.options)
         else:
-            batch = embedder.tokenizer.from_ids(req.token_ids or [])
-            pooled = Pooled(embedder.pool(batch, mean=False), batch.lengths.tolist())
-        vectors = self.finish(pooled, req.options, embedder)
-        tokens = sum(pooled.tokens)
+            vectors, tokens = self.service.embed_ids(req.token_ids or [], served, req.options)
         body = wire.openai_body(vectors, served.model_id, tokens, req.encoding_format)
         return Answer(body, texts=len(vectors), tokens=tokens, model=served.name)
 
@@ -115,9 +109,8 @@ class EmbeddingApi:
         except ApiError as error:
             return error_answer(error, style)
         assert req.texts is not None
-        pooled = await self.backend.pool(req.texts, served)
-        vectors = self.finish(pooled, req.options, served.embedder)
-        texts, tokens = len(vectors), sum(pooled.tokens)
+        vectors, tokens = await self.service.embed(req.texts, served, req.options)
+        texts = len(vectors)
         if OCTET_BYTES in header(scope, b"accept"):
             shape = ((b"x-embedding-count", b"%d" % texts), (b"x-embedding-dimension", b"%d" % vectors.shape[1]),
                      (b"x-embedding-dtype", b"float32-le"))
@@ -178,10 +171,9 @@ class EmbeddingApi:
     async def encode_jsonl(self, pending: list[tuple[int, str]], served: Served, stream: Stream) -> bytes:
         if not pending:
             return b""
-        pooled = await self.backend.pool([text for _, text in pending], served)
-        vectors = served.embedder.finish(pooled.sums, tokens=pooled.tokens, inplace=True)
+        vectors, tokens = await self.service.embed([text for _, text in pending], served)
         stream.texts += len(pending)
-        stream.tokens += sum(pooled.tokens)
+        stream.tokens += tokens
         return wire.jsonl_lines([i for i, _ in pending], vectors)
 
     async def embed_chunks(self, scope: Scope, receive: Receive) -> Answer:
@@ -191,10 +183,8 @@ class EmbeddingApi:
         served = self.model(body.get("model"))
         embedder = served.embedder
         req = wire.parse_chunks(body, self.settings, embedder.dim, embedder.max_tokens)
-        chunked = await self.backend.chunk(req.texts, req.chunk_tokens, req.overlap_tokens, served)
-        vectors = finish_chunks(embedder, chunked, normalize=req.options.normalize, dimensions=req.options.dimensions)
-        tokens = sum(sum(text.counts) for text in chunked)
-        spans = [text.spans for text in chunked]
+        spans, vectors, tokens = await self.service.chunk(req.texts, req.chunk_tokens, req.overlap_tokens, served,
+                                                          req.options)
         if any(kind in header(scope, b"accept") for kind in JSONL_ACCEPT):  # streamed: very long answers
             stream = Stream()
             stream.texts, stream.tokens = len(vectors), tokens
@@ -204,7 +194,7 @@ class EmbeddingApi:
         return Answer(answer, texts=len(vectors), tokens=tokens, model=served.name)
 
     async def embed_sparse(self, scope: Scope, receive: Receive) -> Answer:
-        """TEI's /embed_sparse: per text its distinct token ids with weights (swiftembed/sparse.py), the lexical
+        """TEI's /embed_sparse: per text its distinct token ids with weights (swiftembed/core/sparse.py), the lexical
         half of hybrid search, from the same tokens as /embed."""
         body = await self.read_json(scope, receive)
         try:
@@ -212,25 +202,22 @@ class EmbeddingApi:
             texts = wire.parse_sparse(body, self.settings)
         except ApiError as error:
             return error_answer(error, "tei")
-        vectors, tokens = await self.backend.sparse(texts, served)
+        vectors, tokens = await self.service.sparse(texts, served)
         return Answer(wire.sparse_body(vectors), texts=len(texts), tokens=tokens, model=served.name)
 
     async def similarity(self, scope: Scope, receive: Receive) -> Answer:
         body = await self.read_json(scope, receive)
         served = self.model(body.get("model"))
         left, right, pairwise = wire.parse_similarity(body, self.settings)
-        pooled = await self.backend.pool(left + right, served)
-        vectors = served.embedder.finish(pooled.sums, normalize=True, inplace=True)
-        a, b = vectors[: len(left)], vectors[len(left) :]
-        scores = np.vecdot(a, b) if pairwise else b @ a[0]
-        return Answer(wire.json_bytes({"scores": scores}), texts=len(vectors), tokens=sum(pooled.tokens),
-                      model=served.name)
+        scores, tokens = await self.service.similarity(left, right, served, pairwise)
+        return Answer(wire.json_bytes({"scores": scores if pairwise else scores[0]}), texts=len(left) + len(right),
+                      tokens=tokens, model=served.name)
 
     async def tokenize(self, scope: Scope, receive: Receive) -> Answer:
         body = await self.read_json(scope, receive)
         served = self.model(body.get("model"))
         texts = wire.parse_tokenize(body, self.settings)
-        ids = served.embedder.tokenize(texts)
+        ids = self.service.tokenize(texts, served)
         tokens = wire.token_strings(ids, served.embedder.tokenizer.id_to_token)
         return Answer(wire.json_bytes({"ids": ids, "tokens": tokens}), texts=len(texts),
                       tokens=sum(map(len, ids)), model=served.name)
@@ -242,28 +229,7 @@ class EmbeddingApi:
 
     async def info(self, scope: Scope, receive: Receive) -> Answer:
         """The default model's facts (or `?model=`'s), every served model's, and the limits."""
-        served = self.model(_query(scope).get("model"))
-        facts = {
-            **self.facts(served),
-            "models": [self.facts(model) for model in self.catalog],
-            "limits": self.settings.public(),
-            "version": __version__,
-        }
-        return Answer(wire.json_bytes(facts))
-
-    def facts(self, served: Served) -> dict[str, Any]:
-        e = served.embedder
-        return {
-            "model": served.model_id,
-            "name": served.name,
-            "default": served is self.catalog.default,
-            "checksum": e.checksum,
-            "dimension": e.dim,
-            "vocab_size": e.vocab_size,
-            "max_tokens": e.max_tokens,
-            "normalize": e.normalize,
-            "table_dtype": e.model.table_dtype,
-        }
+        return Answer(wire.json_bytes(self.service.info(self.model(_query(scope).get("model")))))
 
     async def list_models(self, scope: Scope, receive: Receive) -> Answer:
         """OpenAI's model list: every served model by full id, with its short name and whether it is the default."""
@@ -275,7 +241,7 @@ class EmbeddingApi:
         return Answer(wire.json_bytes(self.model_entry(served)), model=served.name)
 
     def model_entry(self, served: Served) -> dict[str, Any]:
-        return {"id": served.model_id, "object": "model", "created": self.started, "owned_by": "swiftembed",
+        return {"id": served.model_id, "object": "model", "created": self.service.started, "owned_by": "swiftembed",
                 "name": served.name, "default": served is self.catalog.default,
                 "dimension": served.embedder.dim}
 
@@ -291,15 +257,6 @@ class EmbeddingApi:
         return Answer(self._openapi)
 
     # Helpers -----------------------------------------------------------------------------------------------
-    def finish(self, pooled: Pooled, options: wire.Options, embedder: Embedder) -> np.ndarray:
-        """A request's vectors from its pooled sums (the batch's normalized rows, when those are what it asks)."""
-        if pooled.unit is not None and options.dimensions is None:
-            if embedder.normalize if options.normalize is None else options.normalize:
-                return pooled.unit
-        return embedder.finish(
-            pooled.sums, tokens=pooled.tokens, normalize=options.normalize, dimensions=options.dimensions, inplace=True
-        )
-
     def check_length(self, scope: Scope, limit: int) -> None:
         length = header(scope, b"content-length")
         if length and (not length.isdigit() or int(length) > limit):

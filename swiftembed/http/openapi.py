@@ -6,10 +6,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from swiftembed import __version__
+from swiftembed.http.frontdoor import Route
 
 if TYPE_CHECKING:
-    from swiftembed.catalog import Catalog
-    from swiftembed.settings import Settings
+    from swiftembed.core.catalog import Catalog
+    from swiftembed.service.settings import Settings
 
 Schema = dict[str, Any]
 
@@ -30,7 +31,8 @@ def _errors(*statuses: int) -> dict[str, Schema]:
     return {str(s): {"description": text[s], **_json(_ref("Error"))} for s in statuses}
 
 
-def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
+def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Schema:
+    """The OpenAPI document of the routes in `table` (each must be described below, and nothing else is)."""
     names = sorted({n for m in catalog for n in (m.name, m.model_id)})
     model = {"type": ["string", "null"], "enum": [*names, None],
              "description": f"a served model's short name or full id; default {catalog.default.name}"}
@@ -116,7 +118,8 @@ def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
             "required": ["texts", "chunk_tokens"],
             "properties": {
                 "texts": {"type": "array", "items": document, "minItems": 1, "maxItems": settings.max_texts},
-                "chunk_tokens": {"type": "integer", "minimum": 1, "maximum": max_tokens},
+                "chunk_tokens": {"type": "integer", "minimum": 1, "maximum": max_tokens,
+                                 "description": "at most the requested model's max_tokens"},
                 "overlap_tokens": {"type": "integer", "minimum": 0, "maximum": max_tokens - 1,
                                    "description": "less than chunk_tokens"},
                 "normalize": flag,
@@ -126,7 +129,7 @@ def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
             },
         }
 
-    max_tokens = min(m.embedder.max_tokens or 1_000_000 for m in catalog)
+    max_tokens = max(m.embedder.max_tokens or 1_000_000 for m in catalog)  # the request's model may allow less
     schemas: dict[str, Schema] = {
         "Error": {
             "type": "object",
@@ -414,7 +417,15 @@ def openapi_spec(catalog: Catalog, settings: Settings) -> Schema:
         "paths": paths,
         "components": {"schemas": schemas},
     }
+    served = {(route.path.replace("{id}", "{model}"), route.method.lower()) for route in table}
+    described = {(path, method) for path, operations in paths.items() for method in operations}
+    if served != described:
+        raise ValueError(f"routes without a description: {sorted(served - described)}; descriptions without a "
+                             f"route: {sorted(described - served)}")
     if settings.api_key is not None:
         spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         spec["security"] = [{"bearer": []}]
+        for route in table:
+            if route.open:  # the front door lets these through without a key
+                paths[route.path][route.method.lower()]["security"] = []
     return spec

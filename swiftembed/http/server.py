@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp
 
-from swiftembed.app import create_app
-from swiftembed.catalog import Catalog
-from swiftembed.metrics import PrometheusMetrics
-from swiftembed.settings import Settings
+from swiftembed.core.catalog import Catalog
+from swiftembed.http.routes import create_app
+from swiftembed.service.metrics import PrometheusMetrics
+from swiftembed.service.settings import Settings
 
 
 def standalone_app(catalog: Catalog, settings: Settings | None = None) -> ASGIApp:
