@@ -181,8 +181,9 @@ def bench_library(shapes: list[Shape], duration: int, rounds: int) -> dict[str, 
     import orjson
     from model2vec import StaticModel
 
-    from swiftembed import Embedder, wire
+    from swiftembed import Embedder
     from swiftembed.core.model import DEFAULT_MODEL_DIR
+    from swiftembed.http import wire
 
     ours, reference = Embedder.load(), StaticModel.from_pretrained(str(DEFAULT_MODEL_DIR))
     results = {}

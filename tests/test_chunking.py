@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swiftembed import Embedder, chunking
+from swiftembed import Embedder
+from swiftembed.core import chunking
 from swiftembed.core.chunking import Chunk, ChunkedText, chunk_sums, chunk_texts
 from swiftembed.core.model import load_model
 from tests.conftest import VARIED_TEXTS, unigram_tokenizer, wordlevel_tokenizer, write_model

@@ -268,6 +268,7 @@ def _status_of(sock: socket.socket) -> int | str:
     return int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else f"no answer {head[:20]!r}"
 
 
+@pytest.mark.slow  # waits out body deadlines: outside the fast lane
 @pytest.mark.parametrize("kind", ["standalone", pytest.param("serve", marks=pytest.mark.ray)])
 def test_stalled_bodies_get_408_and_free_their_slots(kind, request, embedder):
     """A slow-loris: 8 clients send part of a body and go quiet, against 4 slots. The 4 admitted ones are answered
@@ -403,6 +404,7 @@ HEAVY = {"source": "the weather today",
          "targets": [f"sentence {i} about the weather, markets and games" for i in range(511)]}
 
 
+@pytest.mark.slow  # a sustained run: outside the fast lane
 def test_overload_standalone_refuses_fast_and_recovers(tmp_path, embedder):
     """max_concurrency 4, 48 clients: the excess gets 503 + Retry-After at once, admitted requests stay bounded."""
     with launch(env={"SWIFTEMBED_MAX_CONCURRENCY": "4"}, log=tmp_path / "server.log") as srv:
@@ -540,6 +542,7 @@ def measure_growth(url: str, pids: dict[str, int], requests: int = SOAK_REQUESTS
     return figures
 
 
+@pytest.mark.slow  # a sustained run: outside the fast lane
 def test_the_leak_check_catches_1kb_per_request(tmp_path):
     """The check below, on an app that keeps 1 KB per request (tests/leaky_app.py): it must see it."""
     port = free_port()
@@ -557,6 +560,7 @@ def test_the_leak_check_catches_1kb_per_request(tmp_path):
     assert figures["server_bytes_per_request"] > 4 * LEAK_LIMIT_BYTES, figures
 
 
+@pytest.mark.slow  # a sustained run: outside the fast lane
 def test_soak_memory_flat(server, embedder):
     """Phases of SOAK_REQUESTS mixed requests (some bad) from 4 clients: the serving processes (the standalone
     server; or Serve's replica and ingress) grow by less than LEAK_LIMIT_BYTES a request (see measure_growth)."""

@@ -47,12 +47,23 @@ def create_app(
     metrics: Metrics | None = None,
 ) -> ASGIApp:
     """The SwiftEmbed ASGI app around the served models (one Embedder: that model alone)."""
+    return build_api(models, backend=backend, settings=settings, metrics=metrics).app
+
+
+def build_api(
+    models: Catalog | Embedder,
+    *,
+    backend: Backend | None = None,
+    settings: Settings | None = None,
+    metrics: Metrics | None = None,
+) -> EmbeddingApi:
+    """The routes over a service of the served models, pooling through a Batcher of the settings' batch size."""
     catalog = models if isinstance(models, Catalog) else Catalog.of(models)
     settings, metrics = settings or Settings(), metrics or NoMetrics()
     if backend is None:
         backend = Batcher(max_batch_size=settings.max_batch_size, wait_s=settings.batch_wait_timeout_s,
                           observe=metrics.batch)
-    return EmbeddingApi(EmbeddingService(catalog, backend, settings), metrics).app
+    return EmbeddingApi(EmbeddingService(catalog, backend, settings), metrics)
 
 
 class EmbeddingApi:
