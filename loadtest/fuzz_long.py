@@ -69,6 +69,7 @@ class FuzzResult:
             "returncode": self.returncode,
             "seconds": round(self.seconds, 1),
             "operations_tested": r.get("operations", {}).get("tested"),
+            "operations_total": r.get("operations", {}).get("total"),
             "cases": self.cases,
             "cases_with_failures": r.get("test_cases", {}).get("with_failures"),
             "failures": [(f.get("code"), f.get("title"), f.get("count")) for f in r.get("failures", [])],

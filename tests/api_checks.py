@@ -7,6 +7,7 @@ import base64
 import httpx
 import numpy as np
 import orjson
+import pytest
 
 TEXTS = ["hello world", "A man with a hard hat is dancing.", "", "Café naïve 東京 🙂", "word " * 600]
 ATOL = 1e-6
@@ -99,8 +100,8 @@ def check_service_routes(url: str, embedder) -> None:
         assert info["model"] == embedder.model_id and info["checksum"] == embedder.checksum
         assert info["dimension"] == 256 and info["max_tokens"] == 512 and info["limits"]["max_texts"] >= 1
         spec = http.get("/openapi.json").json()
-        assert set(spec["paths"]) == {"/v1/embeddings", "/embed", "/embed/jsonl", "/embed/chunks", "/embed_sparse",
-                                      "/similarity", "/tokenize",
+        assert set(spec["paths"]) == {"/v1/embeddings", "/embed", "/v2/embed", "/embed/jsonl", "/embed/chunks",
+                                      "/embed_sparse", "/similarity", "/tokenize",
                                       "/health", "/info", "/metrics", "/openapi.json", "/v1/models",
                                       "/v1/models/{model}"}
 
@@ -304,6 +305,67 @@ def check_sparse(url: str, embedders: dict, texts: list[str]) -> None:
         for body, status in bad:
             r = http.post("/embed_sparse", json=body)
             assert r.status_code == status and "error" in r.json() and "error_type" in r.json(), (body, r.text)
+
+
+def check_cohere_client(url: str, embedders) -> None:
+    """Cohere's official SDK (ClientV2) pointed at us, unchanged: every embedding type equal to the library's
+    `precision` output, output_dimension, both models, and Cohere's errors raised as the SDK's own."""
+    import cohere
+
+    client = cohere.ClientV2(api_key="unused", base_url=url, timeout=30)
+    kinds = ["float", "int8", "uint8", "binary", "ubinary", "base64"]
+    for name, embedder in embedders.items():
+        for dimensions in (None, 64):
+            extra = {} if dimensions is None else {"output_dimension": dimensions}
+            answer = client.embed(texts=TEXTS, model=name, input_type="search_document", embedding_types=kinds,
+                                  **extra)
+            got = answer.embeddings
+            expected = embedder.encode(TEXTS, dimensions=dimensions)
+            np.testing.assert_allclose(np.array(got.float_, dtype=np.float32), expected, atol=ATOL)
+            np.testing.assert_allclose(np.stack([decode_base64(v) for v in got.base64]), expected, atol=ATOL)
+            for kind in ("int8", "uint8", "binary", "ubinary"):
+                np.testing.assert_array_equal(np.array(getattr(got, kind)),
+                                              embedder.encode(TEXTS, dimensions=dimensions, precision=kind))
+            assert answer.texts == TEXTS and answer.meta.billed_units.input_tokens == sum(
+                map(len, embedder.tokenize(TEXTS)))
+    query = client.embed(texts=["a dog runs"], model="potion-base-8M", input_type="search_query",
+                         embedding_types=["float"])
+    np.testing.assert_allclose(query.embeddings.float_[0], embedders["potion-base-8M"].encode("a dog runs"),
+                               atol=ATOL)
+    with pytest.raises(cohere.errors.NotFoundError, match="not served here"):
+        client.embed(texts=["x"], model="embed-v4.0", input_type="search_query", embedding_types=["float"])
+    whole = client.embed(texts=["a dog runs"], model="potion-base-8M", input_type="search_query",
+                         embedding_types=["float"], max_tokens=512, truncate="END")  # the model's own limit
+    np.testing.assert_allclose(whole.embeddings.float_, query.embeddings.float_, atol=ATOL)
+    with pytest.raises(cohere.errors.UnprocessableEntityError, match="max_tokens"):
+        client.embed(texts=["x"], model="potion-base-8M", input_type="search_query", embedding_types=["float"],
+                     max_tokens=8)
+    with pytest.raises(cohere.errors.UnprocessableEntityError, match="truncate"):
+        client.embed(texts=["x"], model="potion-base-8M", input_type="search_query", embedding_types=["float"],
+                     truncate="START")
+
+
+def check_compact_embed(url: str, embedder) -> None:
+    """`precision` on /embed, as JSON and as raw bytes (dtype and shape in headers), equal to the library's."""
+    texts = TEXTS[:4]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for precision, dtype, width in (("int8", np.int8, 256), ("uint8", np.uint8, 256), ("binary", np.int8, 32),
+                                        ("ubinary", np.uint8, 32), ("float32", "<f4", 256)):
+            expected = embedder.encode(texts, precision=precision)
+            body = {"texts": texts, "precision": precision}
+            as_json = http.post("/embed", json=body)
+            assert as_json.status_code == 200, as_json.text
+            np.testing.assert_allclose(np.array(as_json.json()["embeddings"]), expected, atol=ATOL)
+            raw = http.post("/embed", json=body, headers={"Accept": "application/octet-stream"})
+            assert raw.headers["x-embedding-dtype"] == ("float32-le" if precision == "float32" else precision)
+            assert int(raw.headers["x-embedding-dimension"]) == width and len(raw.content) == len(texts) * width * (
+                4 if precision == "float32" else 1)
+            np.testing.assert_allclose(np.frombuffer(raw.content, dtype=dtype).reshape(len(texts), width), expected,
+                                       atol=ATOL)
+        small = http.post("/embed", json={"texts": texts, "precision": "ubinary", "dimensions": 64}).json()
+        np.testing.assert_array_equal(small["embeddings"], embedder.encode(texts, dimensions=64, precision="ubinary"))
+        bad = http.post("/embed", json={"texts": texts, "precision": "float16"})
+        assert bad.status_code == 422 and bad.json()["error"]["param"] == "precision"
 
 
 def decode_base64(value: str) -> np.ndarray:

@@ -25,7 +25,7 @@ def check(result: fuzz_long.FuzzResult) -> None:
     print(f"\nFIGURES fuzz: {json.dumps(summary)}")
     assert result.report, result.output[-5000:]  # schemathesis ran and wrote its report
     assert result.returncode == 0, result.output[-12000:]
-    assert summary["operations_tested"] == 12, summary  # every route of the spec
+    assert summary["operations_tested"] == summary["operations_total"] >= 13, summary  # every route of the spec
     assert result.cases >= 11 * MAX_EXAMPLES, summary
     assert summary["phases"]["coverage"] == "success" and summary["phases"]["fuzzing"] == "success", summary
 

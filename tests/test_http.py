@@ -56,6 +56,14 @@ def test_sparse(url, embedders, sentences):
     api_checks.check_sparse(url, embedders, [*sentences[:20], "", "the the the dog dog", "naïve café [CLS]"])
 
 
+def test_cohere_client(url, embedders):
+    api_checks.check_cohere_client(url, embedders)
+
+
+def test_compact_vectors_on_embed(url, embedder):
+    api_checks.check_compact_embed(url, embedder)
+
+
 def test_bad_requests(url):
     api_checks.check_bad_requests(url)
 

@@ -38,6 +38,8 @@ def test_http_through_serve_with_openai_client(ray_serve, app, embedder, embedde
     api_checks.check_embed_routes(ray_serve.url, embedder)
     api_checks.check_similarity_and_tokenize(ray_serve.url, embedder)
     api_checks.check_service_routes(ray_serve.url, embedder)
+    api_checks.check_cohere_client(ray_serve.url, embedders)
+    api_checks.check_compact_embed(ray_serve.url, embedder)
 
 
 def test_chunks_through_serve_and_the_handle(ray_serve, app, embedders, sentences):

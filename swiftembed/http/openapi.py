@@ -6,7 +6,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from swiftembed import __version__
+from swiftembed.core.pooling import PRECISIONS
 from swiftembed.http.frontdoor import Route
+from swiftembed.http.wire import COHERE_INPUT_TYPES, COHERE_TYPES
 
 if TYPE_CHECKING:
     from swiftembed.core.catalog import Catalog
@@ -94,7 +96,10 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
                     "title": "SwiftEmbed",
                     "required": ["texts"],
                     "not": {"required": ["inputs"]},
-                    "properties": {"texts": texts, "normalize": flag, "dimensions": dimensions(dim), "model": model},
+                    "properties": {"texts": texts, "normalize": flag, "dimensions": dimensions(dim), "model": model,
+                                   "precision": {"type": ["string", "null"], "enum": [*PRECISIONS, None],
+                                                 "description": "float32 (default); int8, uint8: a byte per "
+                                                 "dimension; binary, ubinary: a bit per dimension, packed"}},
                 },
                 {
                     "type": "object",
@@ -109,6 +114,22 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
                     },
                 },
             ]
+        }
+
+    def cohere_request(dim: int, vocab: int, model: Schema) -> Schema:
+        return {
+            "type": "object",
+            "required": ["texts"],
+            "properties": {
+                "texts": texts,
+                "model": model,
+                "input_type": {"type": ["string", "null"], "enum": [*COHERE_INPUT_TYPES, None],
+                               "description": "accepted; a static model embeds queries and documents alike"},
+                "embedding_types": {"type": ["array", "null"], "items": {"enum": list(COHERE_TYPES)}, "minItems": 1},
+                "output_dimension": dimensions(dim),
+                "truncate": {"type": ["string", "null"], "enum": ["END", None],
+                             "description": "texts are cut at the model's token limit, at their end"},
+            },
         }
 
     def chunks_request(dim: int, vocab: int, model: Schema) -> Schema:
@@ -180,6 +201,23 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
             },
         },
         "EmbedRequest": by_model(embed_request),
+        "CohereEmbedRequest": by_model(cohere_request),
+        "CohereEmbedResponse": {
+            "type": "object",
+            "required": ["id", "embeddings", "texts", "meta", "response_type"],
+            "properties": {
+                "id": {"type": "string"},
+                "embeddings": {"type": "object", "properties": {
+                    kind: {"type": "array", "items": {"type": "string", "contentEncoding": "base64"} if kind == "base64"
+                           else {"type": "array", "items": {"type": "number" if kind == "float" else "integer"}}}
+                    for kind in COHERE_TYPES}},
+                "texts": texts,
+                "meta": {"type": "object"},
+                "response_type": {"const": "embeddings_by_type"},
+            },
+        },
+        "CohereError": {"type": "object", "required": ["message"],
+                        "properties": {"id": {"type": "string"}, "message": {"type": "string"}}},
         "EmbedResponse": {
             "oneOf": [
                 {
@@ -340,8 +378,9 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
         "Embed texts (SwiftEmbed or TEI shape)",
         "EmbedRequest",
         "EmbedResponse",
-        "With `Accept: application/octet-stream` the body is raw little-endian float32, row-major "
-        "(count x dimension, given in X-Embedding-Count and X-Embedding-Dimension).",
+        "With `Accept: application/octet-stream` the body is the raw rows, row-major (count x dimension, given in "
+        "X-Embedding-Count and X-Embedding-Dimension): little-endian float32, or with `precision` a byte per int8 "
+        "or uint8 value, or 8 packed bits per byte for binary and ubinary (X-Embedding-Dtype says which).",
     )
     embed["post"]["responses"]["200"]["content"][
         "application/octet-stream"
@@ -356,9 +395,14 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
         "line per chunk in text order.",
     )
     chunks["post"]["responses"]["200"]["content"]["application/jsonl"] = {"schema": {"type": "string"}}
+    cohere = post("Cohere's embed API (v2): the asked embedding types of the same texts", "CohereEmbedRequest",
+                  "CohereEmbedResponse", "Errors are Cohere's `{id, message}`.")
+    for status in ("400", "404", "408", "413", "415", "422"):  # the front door's own (401, 503) stay OpenAI's
+        cohere["post"]["responses"][status] = {"description": "Error", **_json(_ref("CohereError"))}
     paths: dict[str, Schema] = {
         "/v1/embeddings": post("OpenAI-compatible embeddings", "EmbeddingsRequest", "EmbeddingsResponse"),
         "/embed": embed,
+        "/v2/embed": cohere,
         "/embed/jsonl": {
             "post": {
                 "summary": "Embed JSON lines, answered as streamed JSON lines in order",

@@ -8,6 +8,7 @@ request into an `Answer`. The front door (swiftembed/http/frontdoor.py) dispatch
 from __future__ import annotations
 
 import asyncio
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -76,6 +77,7 @@ class EmbeddingApi:
         self.table = [
             Route("/v1/embeddings", "POST", self.openai_embeddings),
             Route("/embed", "POST", self.embed),
+            Route("/v2/embed", "POST", self.cohere_embed),
             Route("/embed/jsonl", "POST", self.embed_jsonl),
             Route("/embed/chunks", "POST", self.embed_chunks),
             Route("/embed_sparse", "POST", self.embed_sparse),
@@ -124,12 +126,27 @@ class EmbeddingApi:
         texts = len(vectors)
         if OCTET_BYTES in header(scope, b"accept"):
             shape = ((b"x-embedding-count", b"%d" % texts), (b"x-embedding-dimension", b"%d" % vectors.shape[1]),
-                     (b"x-embedding-dtype", b"float32-le"))
+                     (b"x-embedding-dtype", wire.RAW_DTYPES[req.options.precision]))
             return Answer(wire.raw_body(vectors), OCTET, headers=shape, texts=texts, tokens=tokens, model=served.name)
         if style == "tei":
             return Answer(wire.json_bytes(vectors), texts=texts, tokens=tokens, model=served.name)
         payload = {"embeddings": vectors, "model": served.model_id, "dimensions": vectors.shape[1], "tokens": tokens}
         return Answer(wire.json_bytes(payload), texts=texts, tokens=tokens, model=served.name)
+
+    async def cohere_embed(self, scope: Scope, receive: Receive) -> Answer:
+        """Cohere's embed API (v2): every asked `embedding_types` of the same texts, pooled once; errors in
+        Cohere's shape, so its SDK raises its own error types."""
+        try:
+            body = await self.read_json(scope, receive)
+            served = self.model(body.get("model"))
+            req = wire.parse_cohere(body, self.settings, served.embedder.dim, served.embedder.max_tokens)
+        except ApiError as error:
+            return error_answer(error, "cohere")
+        precisions = [wire.COHERE_TYPES[kind] for kind in req.types]
+        vectors, tokens = await self.service.embed_precisions(req.texts, served, req.dimensions, precisions)
+        by_type = {kind: vectors[wire.COHERE_TYPES[kind]] for kind in req.types}
+        return Answer(wire.cohere_body(str(uuid.uuid4()), req.texts, by_type, tokens), texts=len(req.texts),
+                      tokens=tokens, model=served.name)
 
     async def embed_jsonl(self, scope: Scope, receive: Receive) -> Answer:
         content_type = media_type(header(scope, b"content-type"))

@@ -8,22 +8,27 @@ without a Python list in between, base64 and raw bodies are the array's own byte
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import orjson
 
+from swiftembed.core.pooling import Precision
 from swiftembed.service import inputs
 from swiftembed.service.inputs import DEFAULT_OPTIONS, ApiError, Options, invalid, text
 from swiftembed.service.settings import Settings
 
-ErrorStyle = Literal["openai", "tei"]
+ErrorStyle = Literal["openai", "tei", "cohere"]
 __all__ = ["DEFAULT_OPTIONS", "ApiError", "Options", "invalid", "text"]  # the inputs' rules, for the routes
 
 
 def error_body(error: ApiError, style: ErrorStyle = "openai") -> bytes:
-    """An error as OpenAI's envelope, or as TEI's `{"error", "error_type"}` on TEI's routes."""
+    """An error as OpenAI's envelope, TEI's `{"error", "error_type"}` on TEI's routes, or Cohere's
+    `{"id", "message"}` on /v2/embed."""
+    if style == "cohere":
+        return orjson.dumps({"id": str(uuid.uuid4()), "message": error.message})
     if style == "tei":
         return orjson.dumps({"error": error.message, "error_type": _TEI_TYPES.get(error.status, "Validation")})
     return orjson.dumps({"error": {"message": error.message, "type": error.type, "param": error.param,
@@ -109,8 +114,59 @@ def parse_embed(obj: dict[str, Any], settings: Settings, dim: int) -> tuple[Embe
     if len(obj) == 1:  # the usual request: texts and nothing else
         return EmbedRequest(texts, None, DEFAULT_OPTIONS), "openai"
     options = Options(normalize=inputs.flag(obj.get("normalize"), "normalize"),
-                      dimensions=inputs.dimensions(obj.get("dimensions"), dim))
+                      dimensions=inputs.dimensions(obj.get("dimensions"), dim),
+                      precision=inputs.precision(obj.get("precision")))
     return EmbedRequest(texts, None, options), "openai"
+
+
+# Cohere's embed API (v2): https://docs.cohere.com/reference/embed
+COHERE_TYPES: dict[str, Precision] = {"float": "float32", "base64": "float32", "int8": "int8", "uint8": "uint8",
+                                      "binary": "binary", "ubinary": "ubinary"}
+COHERE_INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
+
+
+class CohereRequest(NamedTuple):
+    texts: list[str]
+    types: list[str]  # Cohere's embedding_types, in the order asked
+    dimensions: int | None
+
+
+def parse_cohere(obj: dict[str, Any], settings: Settings, dim: int, max_tokens: int | None) -> CohereRequest:
+    """POST /v2/embed, Cohere's request: `texts`, `model`, `input_type`, `embedding_types`, `output_dimension`,
+    `truncate`, `max_tokens`. A static model embeds queries and documents alike, so every `input_type` gives the
+    same vectors; texts are cut at the model's token limit at their end, which is `truncate: END` (START and NONE
+    are refused), and a `max_tokens` below that limit is refused too."""
+    if "images" in obj or "inputs" in obj:
+        raise invalid("only 'texts' can be embedded here: images and mixed inputs are not supported", "texts")
+    if "texts" not in obj:
+        raise invalid("'texts' is required", "texts")
+    texts = inputs.texts(obj["texts"], "texts", settings, allow_single=False)
+    input_type = obj.get("input_type")
+    if input_type is not None and input_type not in COHERE_INPUT_TYPES:
+        raise invalid(f"'input_type' must be one of {', '.join(COHERE_INPUT_TYPES)}", "input_type")
+    types = obj.get("embedding_types")
+    types = ["float"] if types is None else types
+    if not isinstance(types, list) or not types or not all(isinstance(t, str) and t in COHERE_TYPES for t in types):
+        raise invalid(f"'embedding_types' must be a non-empty list of {', '.join(COHERE_TYPES)}", "embedding_types")
+    truncate = obj.get("truncate")
+    if truncate not in (None, "END"):
+        raise invalid("'truncate' must be END: texts are cut at the model's token limit, at their end", "truncate")
+    dimensions = inputs.dimensions(obj.get("output_dimension"), dim, "output_dimension")
+    limit = obj.get("max_tokens")
+    if limit is not None and (max_tokens is None or (inputs.integer(limit) or 0) < max_tokens):
+        raise invalid(f"'max_tokens' below the model's own limit ({max_tokens}) is not supported", "max_tokens")
+    return CohereRequest(texts, list(dict.fromkeys(types)), dimensions)
+
+
+def cohere_body(request_id: str, texts: list[str], by_type: dict[str, np.ndarray], tokens: int) -> bytes:
+    """Cohere's `embeddings_by_type` answer; `base64` is each float32 vector's little-endian bytes."""
+    embeddings: dict[str, Any] = {
+        kind: [base64.b64encode(_le_f32(row)).decode("ascii") for row in vectors] if kind == "base64" else vectors
+        for kind, vectors in by_type.items()
+    }
+    return json_bytes({"id": request_id, "embeddings": embeddings, "texts": texts,
+                       "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens}},
+                       "response_type": "embeddings_by_type"})
 
 
 class ChunkRequest(NamedTuple):
@@ -231,11 +287,16 @@ def _le_f32(array: np.ndarray) -> memoryview:
 
 
 def raw_body(vectors: np.ndarray) -> bytes:
-    """Raw little-endian float32, row-major: row i is bytes [i*dim*4, (i+1)*dim*4).
+    """Raw rows, row-major: little-endian float32 (row i is bytes [i*dim*4, (i+1)*dim*4)), or one byte per
+    int8/uint8 value, or 8 packed bits per byte (binary, ubinary: dim/8 bytes a row).
 
     Bytes, not a view: Ray Serve pickles response messages between replica and proxy, and a copy of 100 rows
     costs ~10 us."""
-    return _le_f32(vectors).tobytes()
+    return _le_f32(vectors).tobytes() if vectors.dtype == np.float32 else vectors.tobytes()
+
+
+RAW_DTYPES: dict[str, bytes] = {"float32": b"float32-le", "int8": b"int8", "uint8": b"uint8", "binary": b"binary",
+                                "ubinary": b"ubinary"}  # X-Embedding-Dtype of a raw answer, by precision
 
 
 def jsonl_lines(indices: Sequence[int], vectors: np.ndarray) -> bytes:

@@ -101,12 +101,12 @@ def integer(value: object) -> int | None:
     return None
 
 
-def dimensions(value: object, dim: int) -> int | None:
+def dimensions(value: object, dim: int, param: str = "dimensions") -> int | None:
     if value is None:
         return None
     number = integer(value)
     if number is None or not 1 <= number <= dim:
-        raise invalid(f"'dimensions' must be an integer from 1 to {dim}", "dimensions")
+        raise invalid(f"'{param}' must be an integer from 1 to {dim}", param)
     return number
 
 
@@ -117,6 +117,8 @@ def flag(value: object, param: str) -> bool | None:
 
 
 def precision(value: object) -> Precision:
+    if value is None:
+        return "float32"
     if value not in PRECISIONS:
         raise invalid(f"'precision' must be one of {', '.join(PRECISIONS)}", "precision")
     return value  # type: ignore[return-value]

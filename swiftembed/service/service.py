@@ -7,7 +7,9 @@ it returns. So a handle call and an HTTP request with the same input get the sam
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -15,6 +17,7 @@ import numpy as np
 from swiftembed.core.catalog import Catalog, Served, UnknownModel
 from swiftembed.core.chunking import finish_chunks
 from swiftembed.core.embedder import Embedder
+from swiftembed.core.pooling import Precision
 from swiftembed.core.sparse import SparseVector
 from swiftembed.service.batcher import Backend, Pooled
 from swiftembed.service.inputs import DEFAULT_OPTIONS, ApiError, Options, invalid
@@ -84,6 +87,14 @@ class EmbeddingService:
     async def embed(self, texts: list[str], served: Served, options: Options = DEFAULT_OPTIONS) -> Embedded:
         pooled = await self.backend.pool(texts, served)
         return Embedded(finish(pooled, options, served.embedder), sum(pooled.tokens))
+
+    async def embed_precisions(self, texts: list[str], served: Served, dimensions: int | None,
+                               precisions: Sequence[Precision]) -> tuple[dict[Precision, np.ndarray], int]:
+        """The texts' vectors in each of `precisions` (normalized as the model's default), pooled once: what
+        `Embedder.encode(texts, dimensions=..., precision=p)` gives for each."""
+        pooled = await self.backend.pool(texts, served)
+        finish = functools.partial(served.embedder.finish, pooled.sums, tokens=pooled.tokens, dimensions=dimensions)
+        return {p: finish(precision=p) for p in dict.fromkeys(precisions)}, sum(pooled.tokens)
 
     def embed_ids(self, ids: list[list[int]], served: Served, options: Options = DEFAULT_OPTIONS) -> Embedded:
         """Vectors of token id lists (OpenAI's pre-tokenized input): no tokenizer, no batching."""
