@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_ab.py BASE_COMMIT [--shapes single batch-100 jsonl-1000 binary-100]
         [--duration 5] [--rounds 5] [--json benchmarks/results/ab.json]
+    .venv/bin/python benchmarks/bench_ab.py --markdown benchmarks/results/ab.json   # its table for the docs
 
 For a change that must not slow any path (a restructure): BASE_COMMIT is checked out into a temporary worktree,
 and both versions' standalone apps (benchmarks/noop_app.py: the server `swiftembed serve --standalone` builds)
@@ -42,7 +43,24 @@ def start(tree: Path) -> tuple[subprocess.Popen, str]:
     return process, url
 
 
+def render(path: str) -> str:
+    """A run's JSON as the Markdown table of docs/benchmarks.md."""
+    data = json.loads(Path(path).read_text())
+    run = data["run"]
+    rows = [f"Generated from `{path}`: base `{run['base'][:12]}`, this tree `{run['commit']}`; machine: "
+            f"{run['machine']}; {run['rounds']} rounds of {run['duration_s']} s per side and case, alternating.", "",
+            "| shape | connections | base req/s | this tree req/s | ratio (median, range) |", "|---|---|---|---|---|"]
+    for name, r in data["results"].items():
+        shape, c = name.split(" | ")
+        rows.append(f"| {shape} | {c.removeprefix('c')} | {r['base']['rps']:,.0f} | {r['head']['rps']:,.0f} | "
+                    f"{r['ratio']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f}) |")
+    return "\n".join(rows)
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--markdown":
+        print(render(sys.argv[2]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base")
     parser.add_argument("--shapes", nargs="+", default=list(CONCURRENCY))
