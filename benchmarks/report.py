@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/bench_paths.py --duration 4 --rounds 3 --json benchmarks/results/paths.json
     .venv/bin/python benchmarks/bench_chunks.py --json benchmarks/results/chunks.json
     .venv/bin/python benchmarks/report.py benchmarks/results/paths.json [--before benchmarks/results/before.json]
-        [--chunks benchmarks/results/chunks.json]
+        [--chunks benchmarks/results/chunks.json] [--ab benchmarks/results/ab-restructure.json]
 
 `--before` adds a before/after table against a run of the previous code on the same machine and day (for a
-change that must not slow the request path down).
+change that must not slow the request path down); `--ab` adds a benchmarks/bench_ab.py run, where the previous
+code's standalone server and this one's answered side by side in one run.
 
 The targets are those of the Ray speed issue: `swiftembed serve` (the replica ingress) against the FastAPI +
 model2vec server, each Ray path against a no-op of the same mode, the standalone server against FastAPI.
@@ -224,7 +225,7 @@ def scale_section(results: dict[str, dict[str, float]]) -> list[str]:
 
 
 def render(run: dict, source: str, before: dict | None = None, before_source: str = "", chunks: dict | None = None,
-           chunks_source: str = "") -> str:
+           chunks_source: str = "", ab_source: str = "") -> str:
     results = run["results"]
     lines = [INTRO.format(source=f"`{source}`", date=run["date"], commit=run["commit"], machine=run["machine"],
                           command=" ".join(run["command"]))]
@@ -260,6 +261,14 @@ def render(run: dict, source: str, before: dict | None = None, before_source: st
                   f"{before['machine']}; `{' '.join(before['command'])}`), the code before the run above. "
                   "Machine drift between two runs is taken out by comparing each route's share of its no-op and its "
                   "multiple of the FastAPI baseline, both measured in its own run.", "", *before_after(run, before)]
+    if ab_source:
+        from benchmarks.bench_ab import render as ab_table
+
+        lines += ["", "## Before and after the service core (one run, side by side)", "",
+                  "The standalone server of the code before the packages by layer and the service core (issue 30), "
+                  "and of this code, answering side by side: both on CPU 0, wrk on CPU 1 driving one at a time, "
+                  "rounds alternating; the ratio is this code's requests/s over the base's, the median of the "
+                  "rounds'.", "", ab_table(str(ROOT / ab_source)).replace(str(ROOT) + "/", "")]
     if chunks is not None:
         lines += chunks_section(chunks, chunks_source)
     return "\n".join(lines) + "\n"
@@ -274,13 +283,14 @@ def main() -> None:
     parser.add_argument("paths_json", type=Path)
     parser.add_argument("--before", type=Path, help="a run of the previous code, for a before/after table")
     parser.add_argument("--chunks", type=Path, help="a bench_chunks.py run, for the long-document table")
+    parser.add_argument("--ab", type=Path, help="a bench_ab.py run, for a side-by-side before/after table")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     run = json.loads(args.paths_json.read_text())
     before = json.loads(args.before.read_text()) if args.before else None
     chunks = json.loads(args.chunks.read_text()) if args.chunks else None
     text = render(run, _relative(args.paths_json), before, _relative(args.before) if args.before else "", chunks,
-                  _relative(args.chunks) if args.chunks else "")
+                  _relative(args.chunks) if args.chunks else "", _relative(args.ab) if args.ab else "")
     args.out.write_text(text)
     print(f"wrote {args.out}")
 
