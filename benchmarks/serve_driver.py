@@ -59,8 +59,8 @@ class NoOpReplica(SwiftEmbedDeployment.func_or_class):  # type: ignore[misc,name
     async def __init__(self, answers: dict[str, tuple[bytes, str]], dim: int, **options: object) -> None:
         await super().__init__(**options)
         self.answers, self.dim = answers, dim
-        self.api.routes["/"] = {"POST": self.noop}  # behind Ray's ingress the app is mounted at /noop
-        self.api.routes["/noop"] = {"POST": self.noop}  # its own server (replica ingress) serves it at the root
+        self.api.front.routes["/"] = {"POST": self.noop}  # behind Ray's ingress the app is mounted at /noop
+        self.api.front.routes["/noop"] = {"POST": self.noop}  # its own server (replica ingress) serves it at the root
 
     async def noop(self, scope: Scope, receive: Receive) -> Answer:
         more = True
