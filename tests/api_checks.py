@@ -76,6 +76,17 @@ def check_jsonl(url: str, embedder, lines: int = 2500) -> None:
     assert "error" in answers[1000] and "embedding" not in answers[1000]
     good = [a["embedding"] for a in answers if "embedding" in a]
     np.testing.assert_allclose(good, embedder.encode(texts), atol=ATOL)
+    # What /embed takes in its body, the streamed route takes in its query.
+    few = b"".join(b'{"text": "%s"}\n' % t.encode() for t in texts[:50])
+    for query, options in (("?dimensions=64&precision=int8", {"dimensions": 64, "precision": "int8"}),
+                           ("?precision=ubinary&model=potion-base-8M", {"precision": "ubinary"}),
+                           ("?normalize=false&dimensions=32", {"normalize": False, "dimensions": 32})):
+        r = httpx.post(f"{url}/embed/jsonl{query}", content=few, headers={"Content-Type": "application/jsonl"},
+                       timeout=30)
+        rows = [orjson.loads(line)["embedding"] for line in r.text.splitlines() if line]
+        np.testing.assert_allclose(rows, embedder.encode(texts[:50], **options), atol=ATOL)
+    bad = httpx.post(f"{url}/embed/jsonl?dimensions=0", content=few, headers={"Content-Type": "application/jsonl"})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "dimensions"
 
 
 def check_similarity_and_tokenize(url: str, embedder) -> None:

@@ -399,6 +399,15 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
                   "CohereEmbedResponse", "Errors are Cohere's `{id, message}`.")
     for status in ("400", "404", "408", "413", "415", "422"):  # the front door's own (401, 503) stay OpenAI's
         cohere["post"]["responses"][status] = {"description": "Error", **_json(_ref("CohereError"))}
+    widest = max(m.embedder.dim for m in catalog)
+    jsonl_params = [
+        {"name": "dimensions", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": widest}, "description": "at most the model's"},
+        {"name": "normalize", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": ["true", "false"]}},
+        {"name": "precision", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": list(PRECISIONS)}},
+    ]
     paths: dict[str, Schema] = {
         "/v1/embeddings": post("OpenAI-compatible embeddings", "EmbeddingsRequest", "EmbeddingsResponse"),
         "/embed": embed,
@@ -407,8 +416,8 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
             "post": {
                 "summary": "Embed JSON lines, answered as streamed JSON lines in order",
                 "description": 'Each line `{"text": ...}`; each answer line `{"index", "embedding"}` or '
-                '`{"index", "error"}` for a malformed line.',
-                "parameters": model_param,
+                '`{"index", "error"}` for a malformed line. The query sets what /embed takes in its body.',
+                "parameters": [*model_param, *jsonl_params],
                 "requestBody": {
                     "required": True,
                     "content": {"application/jsonl": {"schema": {"type": "string"}}},

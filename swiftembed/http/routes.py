@@ -153,13 +153,16 @@ class EmbeddingApi:
         if content_type not in JSONL_TYPES:
             raise ApiError(415, f"/embed/jsonl takes Content-Type application/jsonl, got {content_type or 'none'}",
                            code="unsupported_media_type")
-        served = self.model(_query(scope).get("model"))
+        query = _query(scope)
+        served = self.model(query.get("model"))
+        options = wire.query_options(query, served.embedder.dim)
         self.check_length(scope, self.settings.max_jsonl_bytes)
         stream = Stream()
-        stream.chunks = self.jsonl_lines(receive, served, stream)
+        stream.chunks = self.jsonl_lines(receive, served, options, stream)
         return Answer(stream, JSONL, model=served.name)
 
-    async def jsonl_lines(self, receive: Receive, served: Served, stream: Stream) -> AsyncIterator[bytes]:
+    async def jsonl_lines(self, receive: Receive, served: Served, options: wire.Options,
+                          stream: Stream) -> AsyncIterator[bytes]:
         """Answer line for line, in order, encoding JSONL_CHUNK lines per kernel call: memory stays bounded.
 
         A malformed line gets an error line at its index and the stream goes on; a broken limit ends it.
@@ -179,10 +182,10 @@ class EmbeddingApi:
                     error = exc
                 index += 1
                 if error is not None or len(pending) >= JSONL_CHUNK:
-                    body = await self.encode_jsonl(pending, served, stream)
+                    body = await self.encode_jsonl(pending, served, options, stream)
                     pending = []
                     yield body + (wire.jsonl_error_line(index - 1, error) if error is not None else b"")
-            yield await self.encode_jsonl(pending, served, stream)
+            yield await self.encode_jsonl(pending, served, options, stream)
         except ApiError as error:
             yield wire.jsonl_error_line(index, error)
 
@@ -196,10 +199,11 @@ class EmbeddingApi:
             raise wire.invalid('each line must be {"text": string}', "text")
         return wire.text(text, "text", self.settings)
 
-    async def encode_jsonl(self, pending: list[tuple[int, str]], served: Served, stream: Stream) -> bytes:
+    async def encode_jsonl(self, pending: list[tuple[int, str]], served: Served, options: wire.Options,
+                           stream: Stream) -> bytes:
         if not pending:
             return b""
-        vectors, tokens = await self.service.embed([text for _, text in pending], served)
+        vectors, tokens = await self.service.embed([text for _, text in pending], served, options)
         stream.texts += len(pending)
         stream.tokens += tokens
         return wire.jsonl_lines([i for i, _ in pending], vectors)

@@ -119,6 +119,19 @@ def parse_embed(obj: dict[str, Any], settings: Settings, dim: int) -> tuple[Embe
     return EmbedRequest(texts, None, options), "openai"
 
 
+def query_options(query: dict[str, str], dim: int) -> Options:
+    """`?dimensions=N&normalize=true|false&precision=P` of a streamed route, whose body holds only texts."""
+    if not query.keys() & {"dimensions", "normalize", "precision"}:
+        return DEFAULT_OPTIONS
+    normalize = query.get("normalize")
+    if normalize not in (None, "true", "false"):
+        raise invalid("'normalize' must be true or false", "normalize")
+    raw = query.get("dimensions")
+    number = int(raw) if raw is not None and raw.isdigit() else raw
+    return Options(normalize=None if normalize is None else normalize == "true",
+                   dimensions=inputs.dimensions(number, dim), precision=inputs.precision(query.get("precision")))
+
+
 # Cohere's embed API (v2): https://docs.cohere.com/reference/embed
 COHERE_TYPES: dict[str, Precision] = {"float": "float32", "base64": "float32", "int8": "int8", "uint8": "uint8",
                                       "binary": "binary", "ubinary": "ubinary"}
