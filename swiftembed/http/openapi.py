@@ -427,7 +427,7 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
                         "description": "JSON lines",
                         "content": {"application/jsonl": {"schema": {"type": "string"}}},
                     },
-                    **_errors(401, 404, 413, 415, 503),
+                    **_errors(401, 404, 413, 415, 422, 503),
                 },
             }
         },
