@@ -146,8 +146,8 @@ def test_body_deadline_answers_its_reader_and_leaves_other_cancellations_alone(e
 
     from swiftembed.core.catalog import Catalog
     from swiftembed.http.routes import EmbeddingApi
-    from swiftembed.http.wire import ApiError
     from swiftembed.service.batcher import Batcher
+    from swiftembed.service.inputs import ApiError
     from swiftembed.service.metrics import NoMetrics
     from swiftembed.service.service import EmbeddingService
     from swiftembed.service.settings import Settings

@@ -16,7 +16,8 @@ from typing import NamedTuple
 
 from starlette.types import Receive, Scope, Send
 
-from swiftembed.http.wire import ApiError, ErrorStyle, error_body
+from swiftembed.http.wire import ErrorStyle, error_body
+from swiftembed.service.inputs import ApiError
 from swiftembed.service.metrics import Metrics
 from swiftembed.service.service import LoadMeter
 from swiftembed.service.settings import Settings

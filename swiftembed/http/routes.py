@@ -1,8 +1,8 @@
 """The HTTP API's routes: a plain ASGI app that knows nothing of Ray.
 
-Each route parses and validates with `wire`, resolves the request's `model` in the `Catalog`, hands texts to a
-`Backend` for tokenization and pooling (the `Batcher` in both servers), then finishes and encodes the vectors per
-request into an `Answer`. The front door (swiftembed/http/frontdoor.py) dispatches to the routes and sends answers.
+Each route parses and validates with `wire`, calls the `EmbeddingService` (swiftembed/service/service.py: the
+model, pooling through the batcher, finishing), and encodes what it returns into an `Answer`. The front door
+(swiftembed/http/frontdoor.py) dispatches to the routes by their table and sends answers.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from swiftembed.core.embedder import Embedder
 from swiftembed.http import wire
 from swiftembed.http.frontdoor import JSON, Answer, FrontDoor, Route, Stream, error_answer, header, media_type
 from swiftembed.http.openapi import openapi_spec
-from swiftembed.http.wire import ApiError
 from swiftembed.service.batcher import Backend, Batcher
+from swiftembed.service.inputs import ApiError, Options, invalid, text
 from swiftembed.service.metrics import Metrics, NoMetrics
 from swiftembed.service.service import EmbeddingService
 from swiftembed.service.settings import Settings
@@ -61,10 +61,8 @@ def build_api(
     """The routes over a service of the served models, pooling through a Batcher of the settings' batch size."""
     catalog = models if isinstance(models, Catalog) else Catalog.of(models)
     settings, metrics = settings or Settings(), metrics or NoMetrics()
-    if backend is None:
-        backend = Batcher(max_batch_size=settings.max_batch_size, wait_s=settings.batch_wait_timeout_s,
-                          observe=metrics.batch)
-    return EmbeddingApi(EmbeddingService(catalog, backend, settings), metrics)
+    return EmbeddingApi(EmbeddingService(catalog, backend or Batcher.from_settings(settings, metrics.batch), settings),
+                        metrics)
 
 
 class EmbeddingApi:
@@ -161,7 +159,7 @@ class EmbeddingApi:
         stream.chunks = self.jsonl_lines(receive, served, options, stream)
         return Answer(stream, JSONL, model=served.name)
 
-    async def jsonl_lines(self, receive: Receive, served: Served, options: wire.Options,
+    async def jsonl_lines(self, receive: Receive, served: Served, options: Options,
                           stream: Stream) -> AsyncIterator[bytes]:
         """Answer line for line, in order, encoding JSONL_CHUNK lines per kernel call: memory stays bounded.
 
@@ -194,16 +192,16 @@ class EmbeddingApi:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, f"line is not valid JSON: {exc}", code="invalid_json") from None
-        text = value.get("text") if isinstance(value, dict) else value if isinstance(value, str) else None
-        if not isinstance(text, str):
-            raise wire.invalid('each line must be {"text": string}', "text")
-        return wire.text(text, "text", self.settings)
+        line = value.get("text") if isinstance(value, dict) else value if isinstance(value, str) else None
+        if not isinstance(line, str):
+            raise invalid('each line must be {"text": string}', "text")
+        return text(line, "text", self.settings)
 
-    async def encode_jsonl(self, pending: list[tuple[int, str]], served: Served, options: wire.Options,
+    async def encode_jsonl(self, pending: list[tuple[int, str]], served: Served, options: Options,
                            stream: Stream) -> bytes:
         if not pending:
             return b""
-        vectors, tokens = await self.service.embed([text for _, text in pending], served, options)
+        vectors, tokens = await self.service.embed([line for _, line in pending], served, options)
         stream.texts += len(pending)
         stream.tokens += tokens
         return wire.jsonl_lines([i for i, _ in pending], vectors)

@@ -21,7 +21,6 @@ from swiftembed.service.inputs import DEFAULT_OPTIONS, ApiError, Options, invali
 from swiftembed.service.settings import Settings
 
 ErrorStyle = Literal["openai", "tei", "cohere"]
-__all__ = ["DEFAULT_OPTIONS", "ApiError", "Options", "invalid", "text"]  # the inputs' rules, for the routes
 
 
 def error_body(error: ApiError, style: ErrorStyle = "openai") -> bytes:

@@ -192,8 +192,7 @@ class SwiftEmbedDeployment:
         self.catalog = Catalog.load(models, default=default_model, max_tokens=max_tokens, table=self.tables)
         self.settings = Settings.from_env(**(settings or {}))
         self.metrics = RayMetrics()
-        self.batcher = Batcher(max_batch_size=self.settings.max_batch_size,
-                               wait_s=self.settings.batch_wait_timeout_s, observe=self.metrics.batch)
+        self.batcher = Batcher.from_settings(self.settings, self.metrics.batch)
         self.service = EmbeddingService(self.catalog, self.batcher, self.settings)
         self.api = EmbeddingApi(self.service, self.metrics)
         self._busy_mark = (time.perf_counter(), 0.0)

@@ -84,6 +84,11 @@ class Batcher:
         self._timer: asyncio.Handle | None = None
         self._since_probe = 0
 
+    @classmethod
+    def from_settings(cls, settings: Settings, observe: BatchObserver | None = None) -> Batcher:
+        """The batcher of a server with these settings (batch size and wait)."""
+        return cls(max_batch_size=settings.max_batch_size, wait_s=settings.batch_wait_timeout_s, observe=observe)
+
     def configure(self, max_batch_size: int, wait_s: float) -> None:
         """Requests per kernel call and how long a batch may wait for more (0: only the current loop turn)."""
         if max_batch_size < 1 or wait_s < 0:

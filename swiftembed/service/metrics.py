@@ -84,12 +84,11 @@ class _Histogram:
 class _Series:
     """One (route, status, model)'s counts."""
 
-    __slots__ = ("buckets", "count", "sum", "texts", "tokens")
+    __slots__ = ("latency", "count", "texts", "tokens")
 
     def __init__(self) -> None:
-        self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.latency = _Histogram(LATENCY.buckets)
         self.count = 0
-        self.sum = 0.0
         self.texts = 0
         self.tokens = 0
 
@@ -115,9 +114,8 @@ class PrometheusMetrics:
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series()
-        series.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+        series.latency.observe(latency_ms)
         series.count += 1
-        series.sum += latency_ms
         series.texts += texts
         series.tokens += tokens
 
@@ -137,13 +135,13 @@ class PrometheusMetrics:
             kind = HistogramMetricFamily if metric.kind == "histogram" else CounterMetricFamily
             return kind(metric.name, metric.help, labels=list(metric.labels))
 
-        def buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
-            return list(zip([*map(floatToGoString, bounds), "+Inf"], accumulate(counts)))
+        def buckets(histogram: _Histogram) -> list[tuple[str, int]]:
+            return list(zip([*map(floatToGoString, histogram.bounds), "+Inf"], accumulate(histogram.buckets)))
 
         latency, requests, texts, tokens = map(family, (LATENCY, REQUESTS, TEXTS, TOKENS))
         per_route: dict[tuple[str, str], list[int]] = {}
         for (route, status, model), series in self._series.items():
-            latency.add_metric([route, str(status), model], buckets(LATENCY_BUCKETS_MS, series.buckets), series.sum)
+            latency.add_metric([route, str(status), model], buckets(series.latency), series.latency.sum)
             requests.add_metric([route, str(status), model], series.count)
             totals = per_route.setdefault((route, model), [0, 0])
             totals[0] += series.texts
@@ -154,7 +152,7 @@ class PrometheusMetrics:
         batch_families = [family(m) for m in (BATCH_SIZE, BATCH_REQUESTS, KERNEL_TIME)]
         for model, histograms in self._batches.items():
             for fam, histogram in zip(batch_families, histograms):
-                fam.add_metric([model], buckets(histogram.bounds, histogram.buckets), histogram.sum)
+                fam.add_metric([model], buckets(histogram), histogram.sum)
         yield from (latency, requests, texts, tokens, *batch_families)
 
     def exposition(self) -> tuple[bytes, str] | None:

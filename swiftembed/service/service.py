@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from swiftembed import __version__
 from swiftembed.core.catalog import Catalog, Served, UnknownModel
 from swiftembed.core.chunking import finish_chunks
 from swiftembed.core.embedder import Embedder
@@ -93,8 +94,8 @@ class EmbeddingService:
         """The texts' vectors in each of `precisions` (normalized as the model's default), pooled once: what
         `Embedder.encode(texts, dimensions=..., precision=p)` gives for each."""
         pooled = await self.backend.pool(texts, served)
-        finish = functools.partial(served.embedder.finish, pooled.sums, tokens=pooled.tokens, dimensions=dimensions)
-        return {p: finish(precision=p) for p in dict.fromkeys(precisions)}, sum(pooled.tokens)
+        vectors = functools.partial(served.embedder.finish, pooled.sums, tokens=pooled.tokens, dimensions=dimensions)
+        return {p: vectors(precision=p) for p in dict.fromkeys(precisions)}, sum(pooled.tokens)
 
     def embed_ids(self, ids: list[list[int]], served: Served, options: Options = DEFAULT_OPTIONS) -> Embedded:
         """Vectors of token id lists (OpenAI's pre-tokenized input): no tokenizer, no batching."""
@@ -144,8 +145,6 @@ class EmbeddingService:
 
     def info(self, served: Served) -> dict[str, Any]:
         """`served`'s facts, every served model's, and the limits."""
-        from swiftembed import __version__
-
         return {**self.facts(served), "models": [self.facts(model) for model in self.catalog],
                 "limits": self.settings.public(), "version": __version__}
 
