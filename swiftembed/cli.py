@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -243,6 +244,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--batch-wait-timeout-s", type=float,
                    help=f"how long a batch may wait for more requests (default {d.batch_wait_timeout_s})")
     p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allow this CORS origin (repeatable)")
+    p.add_argument("--grpc-port", type=int, help="also serve TEI's gRPC API on this port of --host (default "
+                   f"{'off' if d.grpc_port is None else d.grpc_port}; under Ray every replica listens there)")
     p.add_argument("--model", action="append", dest="models", metavar="[NAME=]MODEL",
                    help="serve this model: a directory, bundled model name or Hub id, as NAME if given (repeatable; "
                    f"default: the bundled models, {', '.join(BUNDLED)}); requests choose one by `model`")
@@ -302,6 +305,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_body_bytes=args.max_body_bytes,
         max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_timeout_s,
+        grpc_port=args.grpc_port,
         cors_origins=tuple(args.cors_origins) if args.cors_origins else None,
     )
 
@@ -309,10 +313,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def _run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.standalone:
-        from swiftembed.http.server import run_standalone
+        from swiftembed.http.server import StartCompanion, run_standalone
 
         catalog = Catalog.load(args.models, default=args.default_model, max_tokens=args.max_tokens)
-        run_standalone(catalog, settings, host=args.host, port=args.port)
+        beside: list[StartCompanion] = []
+        if settings.grpc_port is not None:  # TEI's gRPC API on the same loop, over the same service
+            from swiftembed.grpc.server import start_grpc
+
+            beside.append(functools.partial(start_grpc, host=args.host, port=settings.grpc_port))
+        run_standalone(catalog, settings, host=args.host, port=args.port, beside=beside)
         return 0
     from swiftembed.ray.deployment import run_local
 

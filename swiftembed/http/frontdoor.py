@@ -17,15 +17,14 @@ from typing import NamedTuple
 from starlette.types import Receive, Scope, Send
 
 from swiftembed.http.wire import ErrorStyle, error_body
-from swiftembed.service.inputs import ApiError
-from swiftembed.service.metrics import Metrics
+from swiftembed.service.inputs import OVERLOADED, UNAUTHORIZED, ApiError, bearer
+from swiftembed.service.metrics import NO_MODEL, Metrics
 from swiftembed.service.service import LoadMeter
 from swiftembed.service.settings import Settings
 
 log = logging.getLogger("swiftembed")
 
 JSON = "application/json"
-NO_MODEL = "none"  # the metric label of requests that resolved no model
 INTERNAL_ERROR = ApiError(500, "internal error", type="server_error", code="internal_error")
 
 
@@ -84,8 +83,7 @@ class FrontDoor:
         self.open_paths = frozenset(route.path for route in table if route.open)
         self.settings, self.metrics = settings, metrics
         self.load = load  # the service's: the concurrency bound, and a replica's load for autoscaling
-        key = settings.api_key
-        self.expected = f"Bearer {key}".encode() if key else None
+        self.expected = bearer(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -173,12 +171,9 @@ class FrontDoor:
         if self.expected is not None and path not in self.open_paths:
             given = header(scope, b"authorization")
             if not hmac.compare_digest(given, self.expected):
-                return ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)",
-                                type="authentication_error", code="invalid_api_key",
-                                headers={"WWW-Authenticate": "Bearer"})
+                return UNAUTHORIZED
         if self.load.in_flight >= self.settings.max_concurrency:
-            return ApiError(503, "server is at capacity; retry shortly", type="server_overloaded",
-                            code="overloaded", headers={"Retry-After": "1"})
+            return OVERLOADED
         return None
 
 

@@ -40,6 +40,7 @@ from swiftembed.service.inputs import ApiError, Options
 from swiftembed.service.metrics import (
     BATCH_REQUESTS,
     BATCH_SIZE,
+    HANDLE_ROUTE,
     KERNEL_TIME,
     LATENCY,
     REQUESTS,
@@ -330,7 +331,7 @@ class HandleCall:
     __slots__ = ("load", "metrics", "route", "model", "texts", "tokens", "start")
 
     def __init__(self, load: LoadMeter, metrics: RayMetrics, method: str) -> None:
-        self.load, self.metrics, self.route = load, metrics, f"handle:{method}"
+        self.load, self.metrics, self.route = load, metrics, HANDLE_ROUTE + method
         self.model: Served | None = None
         self.texts = self.tokens = 0
 

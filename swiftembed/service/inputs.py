@@ -43,6 +43,18 @@ def invalid(message: str, param: str | None = None) -> ApiError:
     return ApiError(422, message, param=param, code="invalid_value")
 
 
+# Refusals before a request is read, the same whichever way it comes in (HTTP's front door, the gRPC server).
+UNAUTHORIZED = ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)", type="authentication_error",
+                        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+OVERLOADED = ApiError(503, "server is at capacity; retry shortly", type="server_overloaded", code="overloaded",
+                      headers={"Retry-After": "1"})
+
+
+def bearer(settings: Settings) -> bytes | None:
+    """The `Authorization` value every request must carry (compare with `hmac.compare_digest`), or None: no key."""
+    return f"Bearer {settings.api_key}".encode() if settings.api_key else None
+
+
 def kind(value: object) -> str:
     """A value's JSON type name, for messages."""
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(

@@ -10,6 +10,10 @@ from collections.abc import Iterator
 from itertools import accumulate
 from typing import Any, Literal, NamedTuple, Protocol
 
+NO_MODEL = "none"  # the `model` label of requests that resolved no model
+# The `route` label: an HTTP request's path, else the way in and the method (`handle:embed`, `grpc:Embed/Embed`).
+HANDLE_ROUTE, GRPC_ROUTE = "handle:", "grpc:"
+
 # Sub-millisecond resolution where a static model's latency lives.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
     0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 50, 100, 250, 500, 1000, 2500, 10000,

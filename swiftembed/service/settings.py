@@ -35,6 +35,8 @@ class Settings:
     max_batch_size / batch_wait_timeout_s: the most requests merged into one kernel call, and how long a batch
         may wait for more (0: only for requests already in the event loop's turn). Under Ray Serve a deployment's
         `user_config` changes them live.
+    grpc_port: where TEI's gRPC API (swiftembed/grpc/) answers beside HTTP, on the same host; None: not served.
+        Under Ray Serve every replica listens there, the replicas of a node sharing the port as they share HTTP's.
     """
 
     max_texts: int = 2048
@@ -51,6 +53,7 @@ class Settings:
     body_timeout_s: float = 10.0
     max_batch_size: int = 64
     batch_wait_timeout_s: float = 0.0
+    grpc_port: int | None = None
 
     def __post_init__(self) -> None:
         limits = ("max_texts", "max_chars", "max_body_bytes", "max_jsonl_bytes", "max_jsonl_lines", "max_concurrency",
@@ -64,6 +67,8 @@ class Settings:
             raise ValueError("batch_wait_timeout_s must not be negative")
         if self.long_text not in ("truncate", "reject"):
             raise ValueError("long_text must be 'truncate' or 'reject'")
+        if self.grpc_port is not None and not 0 < self.grpc_port < 65536:
+            raise ValueError("grpc_port must be a TCP port (1-65535)")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -106,6 +111,7 @@ class Settings:
             "body_timeout_s": self.body_timeout_s,
             "max_batch_size": self.max_batch_size,
             "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "grpc_port": self.grpc_port,
             "auth": self.api_key is not None,
         }
 
