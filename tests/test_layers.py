@@ -2,8 +2,9 @@
 
 core (model, tokenizer, pooling, embedder, chunking, sparse, catalog) knows no HTTP and no Ray; service (batcher,
 settings, metrics) sits on core; http (front door, routes, wire formats, OpenAPI, standalone server) on service
-and core, without Ray; ray (deployment, tables, ingress, Ray Data job) on everything below it; files (streamed
-file encoding) on core; eval on core and files. Checked from the source, so a stray import fails here first.
+and core, without Ray; grpc (TEI's gRPC API and its server) beside http, on service and core, knowing neither
+HTTP nor Ray; ray (deployment, tables, ingress, Ray Data job) on everything below it; files (streamed file
+encoding) on core; eval on core and files. Checked from the source, so a stray import fails here first.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ ALLOWED = {
     "core": {"core"},
     "service": {"core", "service"},
     "http": {"core", "service", "http"},
+    "grpc": {"core", "service", "grpc"},
     "files": {"core", "files"},
     "eval": {"core", "files", "eval"},
-    "ray": {"core", "service", "http", "files", "ray"},
+    "ray": {"core", "service", "http", "grpc", "files", "ray"},
 }
 # layer -> third-party packages it must not import (at module level or inside functions)
 FORBIDDEN = {
     "core": {"ray", "starlette", "uvicorn", "httpx", "prometheus_client"},
     "service": {"ray", "starlette", "uvicorn"},
-    "http": {"ray"},
+    "http": {"ray", "grpc"},
+    "grpc": {"ray", "starlette", "uvicorn", "httpx"},
     "files": {"ray", "starlette", "uvicorn"},
 }
 

@@ -30,6 +30,7 @@ from swiftembed.core.catalog import Catalog, Served
 from swiftembed.core.chunking import Chunk
 from swiftembed.core.pooling import Precision
 from swiftembed.core.sparse import SparseVector
+from swiftembed.grpc.server import GrpcServer
 from swiftembed.http.frontdoor import NO_MODEL
 from swiftembed.http.routes import EmbeddingApi
 from swiftembed.ray.ingress import ReplicaServer, choose_ingress, serve_environment
@@ -199,9 +200,15 @@ class SwiftEmbedDeployment:
         self._busy_mark = (time.perf_counter(), 0.0)
         self.batch_config = self.settings.batch()
         self.http = None
+        grpc_port = self.settings.grpc_port
+        grpc = None if grpc_port is None else GrpcServer(self.service, self.metrics, http_host, grpc_port, shared=True)
         if http_port is not None:
             routes = {"/": serve.get_replica_context().app_name}
-            self.http = ReplicaServer(self.api.app, http_host, http_port, drain_s=http_drain_s, routes=routes)
+            self.http = ReplicaServer(self.api.app, http_host, http_port, drain_s=http_drain_s, routes=routes,
+                                      grpc=grpc)
+        elif grpc is not None:
+            raise ValueError("grpc_port needs the replica ingress (http_port): the gRPC server runs beside the "
+                             "replica's own HTTP server")
         log.info("SwiftEmbed replica ready: %s", ", ".join(
             f"{m.model_id} ({self.table_source(m.embedder.checksum)} table)" for m in self.catalog))
 
@@ -355,8 +362,9 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     args: `models` (a list of model specs, directories, bundled names or Hub ids, `NAME=SOURCE` to rename; default
     the bundled models) or `model` (one), `default_model` (default the first), `max_tokens`, `http_port` and
     `http_host` (each replica answers HTTP there itself: the `replica` ingress; with `proxy_location: Disabled`),
-    `http_drain_s` (in a cluster: see `ReplicaServer`), and any Settings field (e.g. `max_texts`, `api_key`) to
-    override the SWIFTEMBED_* environment.
+    `http_drain_s` (in a cluster: see `ReplicaServer`), and any Settings field (e.g. `max_texts`, `api_key`, and
+    `grpc_port`: each replica also answers TEI's gRPC API there, on `http_host`) to override the SWIFTEMBED_*
+    environment.
     """
     args = dict(args or {})
     models = model_specs(args.pop("models", None), args.pop("model", None))
@@ -397,6 +405,9 @@ def run_local(
 ) -> None:
     """Start a local Ray and Serve SwiftEmbed on host:port until interrupted (Ctrl-C or SIGTERM)."""
     ingress = choose_ingress(ingress)
+    if settings is not None and settings.grpc_port is not None and ingress != "replica":
+        raise ValueError(f"--grpc-port needs the replica ingress (each replica serves gRPC beside its own HTTP "
+                         f"server), not the {ingress} ingress")
     if ingress != "haproxy":  # also when HAProxy was asked for in the environment but is not what runs
         os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
     if ingress == "proxy":

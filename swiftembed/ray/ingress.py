@@ -31,9 +31,13 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:  # not imported at run time: `swiftembed-haproxy` runs from this module and needs no gRPC
+    from swiftembed.grpc.server import GrpcServer
 
 WRAPPER = "swiftembed-haproxy"
 INGRESSES = ("replica", "haproxy", "proxy")
@@ -188,10 +192,15 @@ class ReplicaServer:
     `drain_s`: how long a stopping replica that leaves no other (staying) one on the port keeps answering with
     `/-/healthz` failing, so that a load balancer's readiness probe takes the pod out before the port closes
     (KubeRay probes every 5 s and takes a pod out on the first failure); 0 on a single machine.
+
+    `grpc`: the replica's gRPC server (TEI's API on `grpc_port`, shared by the node's replicas the same way), started
+    with the HTTP server and stopped with it: it serves on through the drain (the pod's readiness covers both ports),
+    then stops taking calls and gives those in progress `close_grace_s`.
     """
 
     def __init__(self, app: ASGIApp, host: str, port: int, *, keep_alive_s: float = 30.0, drain_s: float = 0.0,
-                 close_grace_s: float = 2.0, routes: dict[str, str] | None = None) -> None:
+                 close_grace_s: float = 2.0, routes: dict[str, str] | None = None,
+                 grpc: GrpcServer | None = None) -> None:
         self.address = (host, port)
         self.drain_s = drain_s
         self.marker = DRAIN_MARKERS / str(port) / f"{os.getpid()}-{id(self)}"
@@ -199,12 +208,18 @@ class ReplicaServer:
         config = uvicorn.Config(self.probes, lifespan="off", access_log=False, log_level="warning", loop="none",
                                 timeout_keep_alive=keep_alive_s)
         self.server = _ReplicaUvicorn(config, self.probes, close_grace_s)
-        self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[shared_socket(host, port)]))
+        self.close_grace_s = close_grace_s
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self.server.serve(sockets=[shared_socket(host, port)]))
+        self.grpc = grpc
+        self.grpc_task = None if grpc is None else loop.create_task(grpc.start())
 
     def check(self) -> None:
         """Raise when the server has stopped: Serve's health check then replaces the replica."""
         if self.task.done():
             raise RuntimeError(f"the replica's HTTP server on {self.address[0]}:{self.address[1]} has stopped")
+        if self.grpc_task is not None and self.grpc_task.done() and self.grpc_task.exception() is not None:
+            raise RuntimeError(f"the replica's gRPC server did not start: {self.grpc_task.exception()}")
 
     async def drain(self) -> None:
         """Serve on for `drain_s` with `/-/healthz` failing, unless (or until) another replica that is not draining
@@ -222,9 +237,12 @@ class ReplicaServer:
             await asyncio.sleep(min(left, 0.25))
 
     async def stop(self, timeout_s: float = 10.0) -> None:
+        grpc_stop = None
         try:
             await self.drain()
             self.server.should_exit = True
+            if self.grpc is not None:
+                grpc_stop = asyncio.ensure_future(self.grpc.stop(self.close_grace_s))
             try:
                 await asyncio.wait_for(asyncio.shield(self.task), timeout_s)
             except TimeoutError:
@@ -232,6 +250,8 @@ class ReplicaServer:
                 self.task.cancel()
             except Exception:  # it stopped: how is for the log
                 log.exception("the replica's HTTP server failed")
+            if grpc_stop is not None:
+                await grpc_stop
         finally:  # only now: until its port closed, this replica counted as draining, not as staying
             self.marker.unlink(missing_ok=True)
 
