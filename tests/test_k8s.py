@@ -166,7 +166,7 @@ def test_every_manifest_has_kind_and_name():
         assert doc.get("apiVersion") and doc.get("kind"), doc
         assert doc["metadata"]["name"], doc["kind"]
         kinds.add(doc["kind"])
-    assert kinds == {"Namespace", "RayService", "Ingress", "PodMonitor", "PrometheusRule"}
+    assert kinds == {"Namespace", "RayService", "Ingress", "Service", "PodMonitor", "PrometheusRule"}
 
 
 # --- standard kinds: kubernetes-validate ------------------------------------------------------------------
@@ -367,6 +367,27 @@ def test_ingress_routes_to_the_serve_service():
         assert backend["port"]["number"] == serve_config()["applications"][0]["args"]["http_port"] == 8000
 
 
+def test_grpc_service_reaches_every_worker_pods_grpc_port():
+    """TEI's gRPC API: every replica listens on serveConfigV2's grpc_port, each worker pod names that port `grpc`,
+    and the Service (KubeRay's serve Service carries only `serve`) selects the worker pods KubeRay serves from."""
+    service = one("Service")
+    args = serve_config()["applications"][0]["args"]
+    (port,) = service["spec"]["ports"]
+    assert port == {"name": "grpc", "port": args["grpc_port"], "targetPort": "grpc", "appProtocol": "grpc"}
+    assert args["grpc_port"] != args["http_port"]
+    selector = service["spec"]["selector"]
+    assert selector["ray.io/serve"] == "true"  # KubeRay's own serve Service selects on it too
+    workers = cluster()["workerGroupSpecs"]
+    for group in workers:
+        labels = group["template"]["metadata"]["labels"]
+        assert {k: v for k, v in selector.items() if k != "ray.io/serve"}.items() <= labels.items()
+        ports = {p["name"]: p["containerPort"] for p in ray_container(group)["ports"]}
+        assert ports["grpc"] == args["grpc_port"]
+    head_labels = cluster()["headGroupSpec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= {**head_labels, "ray.io/serve": "true"}.items(), "the head has no replicas"
+    assert cluster()["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+
+
 def test_prometheus_rule_required_fields():
     rule = one("PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
@@ -389,7 +410,7 @@ def rendered() -> list[dict[str, Any]]:
 def test_kustomize_renders_everything_into_one_namespace():
     docs = rendered()
     assert sorted(d["kind"] for d in docs) == sorted(
-        ["Namespace", "RayService", "Ingress", "PodMonitor", "PrometheusRule", "ConfigMap"]
+        ["Namespace", "RayService", "Ingress", "Service", "PodMonitor", "PrometheusRule", "ConfigMap"]
     )
     for doc in docs:
         if doc["kind"] == "Namespace":

@@ -7,11 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import yaml
 
+from swiftembed.grpc import tei_pb2, tei_pb2_grpc
 from swiftembed.service.inputs import ApiError
 from tests import api_checks
 from tests.servers import free_port
@@ -152,9 +154,10 @@ def test_config_deploy_and_live_user_config(ray_serve, embedder):
 
     spec = yaml.safe_load((ROOT / "deploy" / "serve-local.yaml").read_text())
     application = {**spec["applications"][0], "name": "live", "route_prefix": "/live"}
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     assert application["args"]["http_port"] == 8000  # the replica ingress: moved to a free port here
-    application["args"]["http_port"] = port
+    assert application["args"]["grpc_port"] == 50051  # and TEI's gRPC API beside it
+    application["args"].update(http_port=port, grpc_port=grpc_port)
     client = _get_global_client()
 
     def deploy(user_config: dict) -> dict:
@@ -178,6 +181,9 @@ def test_config_deploy_and_live_user_config(ray_serve, embedder):
             r = httpx.post(f"{url}/embed", json={"texts": ["live"]}, timeout=30)
             assert r.status_code == 200
             np.testing.assert_allclose(r.json()["embeddings"][0], embedder.encode("live"), atol=1e-6)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            answer = tei_pb2_grpc.EmbedStub(channel).Embed(tei_pb2.EmbedRequest(inputs="live", normalize=True))
+            np.testing.assert_allclose(answer.embeddings, embedder.encode("live"), atol=1e-6)
     finally:
         client.delete_apps(["live"], blocking=True)
 
