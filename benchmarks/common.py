@@ -133,3 +133,43 @@ def run_wrk(
 def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
     """Median of each figure over repeated runs."""
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def run_h2load(
+    url: str,
+    body: bytes,
+    *,
+    connections: int,
+    streams: int = 1,
+    duration_s: int,
+    headers: dict[str, str],
+    h1: bool = False,
+    cpus: str | None = None,
+) -> dict[str, float]:
+    """One bounded h2load run (POST `body` to `url` on 127.0.0.1; `h1`: HTTP/1.1, else HTTP/2 with `streams` in
+    flight per connection): requests/s, mean latency in ms, and requests that did not get a 2xx (a gRPC error
+    still answers 200: count those at the server). One h2load thread, pinned to `cpus` if given."""
+    import re
+    import subprocess
+    import tempfile
+
+    if not url.startswith(("http://127.0.0.1", "http://localhost")):
+        raise ValueError("load only ever targets 127.0.0.1")
+    with tempfile.NamedTemporaryFile("wb", suffix=".body", delete=False) as handle:
+        handle.write(body)
+    command = [*(["taskset", "-c", cpus] if cpus else []), "h2load", *(["--h1"] if h1 else []), "-t1",
+               f"-c{connections}", f"-m{streams}", f"-D{duration_s}", "--warm-up-time=1", "-d", handle.name,
+               *[arg for key, value in headers.items() for arg in ("-H", f"{key}: {value}")], url]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60, check=True).stdout
+    os.unlink(handle.name)
+    rps = float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+
+    def ms(token: str) -> float:
+        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", token).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    assert done is not None and mean is not None, out[-2000:]
+    return {"rps": rps, "mean_ms": ms(mean.group(1)), "requests": float(done.group(2)),
+            "failed": float(int(done.group(2)) - int(done.group(3)))}
