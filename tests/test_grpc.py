@@ -289,6 +289,53 @@ def test_at_capacity_calls_are_refused_as_http_refuses_them(embedder):
     asyncio.run(run())
 
 
+def test_every_call_leaves_the_load_as_it_found_it(embedder):
+    """Answered, refused, failed mid-stream and cancelled calls all leave the service's load (which bounds HTTP and
+    gRPC together) where it was: in-process, on a real grpc.aio server and service."""
+    from swiftembed.core.catalog import Catalog
+    from swiftembed.grpc.server import GrpcServer
+    from swiftembed.http.routes import build_api
+    from swiftembed.service.metrics import NoMetrics
+    from swiftembed.service.settings import Settings
+
+    async def run() -> None:
+        api = build_api(Catalog.of(embedder), settings=Settings(max_chars=20, long_text="reject"),
+                        metrics=NoMetrics())
+        port = free_port()
+        server = await GrpcServer(api.service, api.metrics, "127.0.0.1", port).start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = rpc.EmbedStub(channel)
+                await stub.Embed(pb.EmbedRequest(inputs="fine"))
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.Embed(pb.EmbedRequest(inputs="x" * 21))
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.Embed(pb.EmbedRequest(inputs="a"), metadata=(("model", "nope"),))
+                messages = [pb.EmbedRequest(inputs="ok")] * 3 + [pb.EmbedRequest(inputs="y" * 30)]
+                failing = stub.EmbedStream(iter(messages))
+                with pytest.raises(grpc.aio.AioRpcError):
+                    async for _ in failing:
+                        pass
+
+                async def endless():
+                    while True:
+                        yield pb.EmbedRequest(inputs="again and again")
+                        await asyncio.sleep(0)
+
+                cancelled = stub.EmbedStream(endless())
+                for _ in range(5):  # then the client walks away mid-stream
+                    await cancelled.read()
+                cancelled.cancel()
+                deadline = time.monotonic() + 5
+                while api.service.load.in_flight and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert api.service.load.in_flight == 0
+        finally:
+            await server.stop(0)
+
+    asyncio.run(run())
+
+
 def test_a_taken_port_is_an_error_for_the_standalone_server(embedder):
     """Unlike replicas, a standalone server does not share its gRPC port: a second one on it fails."""
     from swiftembed.core.catalog import Catalog

@@ -13,12 +13,11 @@ as HTTP's 404). Predict, Rerank and Decode are not registered: UNIMPLEMENTED.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -33,7 +32,6 @@ from swiftembed.service.service import EmbeddingService
 log = logging.getLogger("swiftembed")
 
 MODEL_KEY = "model"  # call metadata naming the served model (TEI's messages have no model field)
-STREAM_WINDOW = 64  # messages of one stream in flight at once; the stream is read no further until one is answered
 INTERNAL_ERROR = ApiError(500, "internal error", type="server_error", code="internal_error")
 RIGHT, NO_PROMPTS = pb.TRUNCATION_DIRECTION_RIGHT, "'prompt_name' is not supported: the served models have no prompts"
 
@@ -49,9 +47,25 @@ def status_code(error: ApiError) -> grpc.StatusCode:
 _CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED,
           429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
-# One message's answer: (response, texts, tokens) for the metrics.
+
+class Message(NamedTuple):
+    """A message as read: its one text, checked, and when it arrived."""
+
+    request: Any
+    text: str
+    start: float
+
+
+# A message's answer, the texts it holds (0 or 1) and their tokens, for the metrics.
 Answer = tuple[Any, int, int]
-One = Callable[[Any, Served, float], Awaitable[Answer]]
+Run = Callable[[Message, Served], Awaitable[Answer]]
+
+
+class Rpc(NamedTuple):
+    route: str  # the metrics' route label; a stream's adds "Stream"
+    run: Run
+    request_type: Any
+    has_text: bool = True  # Info's request holds none
 
 
 class TeiApi:
@@ -63,25 +77,23 @@ class TeiApi:
         self.expected = inputs.bearer(self.settings)
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
+        embed = Rpc("Embed/Embed", self.embed, pb.EmbedRequest)
+        sparse = Rpc("Embed/EmbedSparse", self.embed_sparse, pb.EmbedSparseRequest)
+        embed_all = Rpc("Embed/EmbedAll", self.embed_all, pb.EmbedAllRequest)
+        tokenize = Rpc("Tokenize/Tokenize", self.tokenize, pb.EncodeRequest)
         unary, stream = self.unary, self.stream
         return [
-            _service("tei.v1.Info", {"Info": unary("Info/Info", self.info, pb.InfoRequest)}),
+            _service("tei.v1.Info", {"Info": unary(Rpc("Info/Info", self.info, pb.InfoRequest, has_text=False))}),
             _service("tei.v1.Embed", {
-                "Embed": unary("Embed/Embed", self.embed, pb.EmbedRequest),
-                "EmbedStream": stream("Embed/EmbedStream", self.embed, pb.EmbedRequest),
-                "EmbedSparse": unary("Embed/EmbedSparse", self.embed_sparse, pb.EmbedSparseRequest),
-                "EmbedSparseStream": stream("Embed/EmbedSparseStream", self.embed_sparse, pb.EmbedSparseRequest),
-                "EmbedAll": unary("Embed/EmbedAll", self.embed_all, pb.EmbedAllRequest),
-                "EmbedAllStream": stream("Embed/EmbedAllStream", self.embed_all, pb.EmbedAllRequest),
+                "Embed": unary(embed), "EmbedStream": stream(embed),
+                "EmbedSparse": unary(sparse), "EmbedSparseStream": stream(sparse),
+                "EmbedAll": unary(embed_all), "EmbedAllStream": stream(embed_all),
             }),
-            _service("tei.v1.Tokenize", {
-                "Tokenize": unary("Tokenize/Tokenize", self.tokenize, pb.EncodeRequest),
-                "TokenizeStream": stream("Tokenize/TokenizeStream", self.tokenize, pb.EncodeRequest),
-            }),
+            _service("tei.v1.Tokenize", {"Tokenize": unary(tokenize), "TokenizeStream": stream(tokenize)}),
         ]
 
-    # The RPCs, one message each -----------------------------------------------------------------------------
-    async def info(self, request: pb.InfoRequest, served: Served, start: float) -> Answer:
+    # The RPCs, one message each --------------------------------------------------------------------------------
+    async def info(self, message: Message, served: Served) -> Answer:
         e, settings = served.embedder, self.settings
         return pb.InfoResponse(
             version=__version__, model_id=served.model_id, model_sha=e.checksum, model_dtype=e.model.table_dtype,
@@ -93,46 +105,45 @@ class TeiApi:
             tokenization_workers=1,  # tokenization runs on the server's event loop
         ), 0, 0
 
-    async def embed(self, request: pb.EmbedRequest, served: Served, start: float) -> Answer:
-        texts = self.texts(request)
-        vectors, tokens = await self.service.embed(texts, served, Options(normalize=request.normalize))
-        metadata = _metadata(texts[0], tokens, start)
-        return pb.EmbedResponse(embeddings=vectors[0].tolist(), metadata=metadata), 1, tokens
+    async def embed(self, message: Message, served: Served) -> Answer:
+        """Pooled through the batcher with whatever else is in flight (HTTP requests, other calls and streams)."""
+        options = Options(normalize=message.request.normalize)  # TEI's proto default: false
+        vectors, tokens = await self.service.embed([message.text], served, options)
+        return pb.EmbedResponse(embeddings=vectors[0].tolist(), metadata=_metadata(message, tokens)), 1, tokens
 
-    async def embed_sparse(self, request: pb.EmbedSparseRequest, served: Served, start: float) -> Answer:
-        texts = self.texts(request)
-        vectors, tokens = await self.service.sparse(texts, served)
-        indices, values = vectors[0]
-        pairs = [pb.SparseValue(index=i, value=v) for i, v in zip(indices.tolist(), values.tolist())]
-        return pb.EmbedSparseResponse(sparse_embeddings=pairs, metadata=_metadata(texts[0], tokens, start)), 1, tokens
+    async def embed_sparse(self, message: Message, served: Served) -> Answer:
+        (vector,), tokens = await self.service.sparse([message.text], served)
+        pairs = [pb.SparseValue(index=i, value=v) for i, v in zip(vector.indices.tolist(), vector.values.tolist())]
+        return pb.EmbedSparseResponse(sparse_embeddings=pairs, metadata=_metadata(message, tokens)), 1, tokens
 
-    async def embed_all(self, request: pb.EmbedAllRequest, served: Served, start: float) -> Answer:
-        texts = self.texts(request)
-        vectors, tokens = self.service.embed_all(texts, served)
-        rows = [pb.TokenEmbedding(embeddings=row) for row in vectors[0].tolist()]
-        return pb.EmbedAllResponse(token_embeddings=rows, metadata=_metadata(texts[0], tokens, start)), 1, tokens
+    async def embed_all(self, message: Message, served: Served) -> Answer:
+        (vectors,), tokens = self.service.embed_all([message.text], served)
+        rows = [pb.TokenEmbedding(embeddings=row) for row in vectors.tolist()]
+        return pb.EmbedAllResponse(token_embeddings=rows, metadata=_metadata(message, tokens)), 1, tokens
 
-    async def tokenize(self, request: pb.EncodeRequest, served: Served, start: float) -> Answer:
+    async def tokenize(self, message: Message, served: Served) -> Answer:
         """The ids the model pools, with the token strings /tokenize gives (`add_special_tokens` is accepted: a
         static model's texts never carry special tokens; no character offsets: `start`/`stop` unset)."""
-        texts = self.texts(request)
-        ids = self.service.tokenize(texts, served)[0]
+        (ids,) = self.service.tokenize([message.text], served)
         token = served.embedder.tokenizer.id_to_token
         return pb.EncodeResponse(tokens=[pb.SimpleToken(id=i, text=token(i) or "") for i in ids]), 1, len(ids)
 
-    def texts(self, request: Any) -> list[str]:
+    def message(self, rpc: Rpc, request: Any, start: float) -> Message:
         """The message's one text, checked as HTTP checks TEI's `inputs`; what TEI lets a client ask that the served
         models cannot do (a prompt, cutting at the start) is refused rather than ignored."""
+        if not rpc.has_text:
+            return Message(request, "", start)
         if getattr(request, "truncation_direction", RIGHT) != RIGHT:
             raise invalid("'truncation_direction' must be Right: texts are cut at the model's token limit, at their "
                           "end", "truncation_direction")
         if request.HasField("prompt_name"):
             raise invalid(NO_PROMPTS, "prompt_name")
-        return inputs.texts(request.inputs, "inputs", self.settings)
+        (text,) = inputs.texts(request.inputs, "inputs", self.settings)
+        return Message(request, text, start)
 
     # Calls: auth, the concurrency bound, the model, load and metrics -------------------------------------------
-    def unary(self, route: str, one: One, request_type: Any) -> grpc.RpcMethodHandler:
-        route = GRPC_ROUTE + route
+    def unary(self, rpc: Rpc) -> grpc.RpcMethodHandler:
+        route = GRPC_ROUTE + rpc.route
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
@@ -142,76 +153,59 @@ class TeiApi:
             except ApiError as error:
                 self.metrics.request(route, error.status, (time.perf_counter() - start) * 1e3, 0, 0, NO_MODEL)
                 return await context.abort(status_code(error), error.message)
-            response, error = await self.answer(route, one, request, served, start)
-            if error is not None:
-                await context.abort(status_code(error), error.message)
-            return response
+            answer = await self.answer(route, rpc, request, start, served)
+            if isinstance(answer, ApiError):
+                await context.abort(status_code(answer), answer.message)
+            return answer
 
-        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=request_type.FromString,
+        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=rpc.request_type.FromString,
                                                    response_serializer=_serialize)
 
-    def stream(self, route: str, one: One, request_type: Any) -> grpc.RpcMethodHandler:
-        """One answer per message, in order; up to STREAM_WINDOW messages are worked on at once (their texts share
-        the batcher's kernel calls). A refused message ends the stream with its error after the answers before it,
-        as TEI's streams do. Auth, the concurrency bound and the model are checked once, when the stream opens."""
-        route = GRPC_ROUTE + route
+    def stream(self, rpc: Rpc) -> grpc.RpcMethodHandler:
+        """One answer per message, in order, each as its unary call would answer it; a refused message ends the
+        stream with its error after the answers before it, as TEI's streams do. Auth, the concurrency bound and the
+        model are checked once, when the stream opens; every message then counts as a request in the load and the
+        metrics. Messages are answered one after another: the batcher still merges texts across streams and calls,
+        and reading ahead to answer several of a stream at once did not pay (benchmarks/bench_grpc.py: grpc.aio's
+        per-message reads, not the pooling, set the pace)."""
+        route = GRPC_ROUTE + rpc.route + "Stream"  # Embed/EmbedStream, ...
 
         async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            start = time.perf_counter()
             try:
                 self.refuse(context)
                 served = self.model(context)
             except ApiError as error:
-                self.metrics.request(route, error.status, 0.0, 0, 0, NO_MODEL)
+                self.metrics.request(route, error.status, (time.perf_counter() - start) * 1e3, 0, 0, NO_MODEL)
                 await context.abort(status_code(error), error.message)
-            window = asyncio.Semaphore(STREAM_WINDOW)
-            pending: asyncio.Queue[asyncio.Future[tuple[Any, ApiError | None]] | None] = asyncio.Queue()
+            async for request in requests:
+                answer = await self.answer(route, rpc, request, time.perf_counter(), served)
+                if isinstance(answer, ApiError):
+                    await context.abort(status_code(answer), answer.message)
+                yield answer
 
-            async def read() -> None:
-                try:
-                    async for request in requests:
-                        start = time.perf_counter()
-                        await window.acquire()
-                        pending.put_nowait(asyncio.ensure_future(self.answer(route, one, request, served, start)))
-                finally:  # the client's end of the stream (or a broken one): answer what came, then stop
-                    pending.put_nowait(None)
-
-            reader = asyncio.ensure_future(read())
-            try:
-                while (task := await pending.get()) is not None:
-                    response, error = await task
-                    window.release()
-                    if error is not None:
-                        await context.abort(status_code(error), error.message)
-                    yield response
-                await reader  # raises what broke the stream, if anything did
-            finally:
-                reader.cancel()
-                while not pending.empty():
-                    if (task := pending.get_nowait()) is not None:
-                        task.cancel()
-
-        return grpc.stream_stream_rpc_method_handler(call, request_deserializer=request_type.FromString,
+        return grpc.stream_stream_rpc_method_handler(call, request_deserializer=rpc.request_type.FromString,
                                                      response_serializer=_serialize)
 
-    async def answer(self, route: str, one: One, request: Any, served: Served,
-                     start: float) -> tuple[Any, ApiError | None]:
-        """One message's answer, or the error that refuses it, counted as one request in the load and the metrics
-        (500 for a message whose call ended before its answer, as HTTP counts a client that left)."""
-        response, error, status = None, None, 500
-        texts = tokens = 0
+    async def answer(self, route: str, rpc: Rpc, request: Any, start: float, served: Served) -> Any:
+        """A message's answer, or the ApiError that refuses it: one request in the load and the metrics, with the
+        status HTTP answers the same outcome with (500 for a call that ended before its answer, as HTTP counts a
+        client that left)."""
+        status, texts, tokens = 500, 0, 0
         self.load.enter()
         try:
-            response, texts, tokens = await one(request, served, start)
+            answer, texts, tokens = await rpc.run(self.message(rpc, request, start), served)
             status = 200
-        except ApiError as refused:
-            error, status = refused, refused.status
+            return answer
+        except ApiError as error:
+            status = error.status
+            return error
         except Exception:
             log.exception("unexpected error on %s", route)
-            error = INTERNAL_ERROR
+            return INTERNAL_ERROR
         finally:
             self.load.exit()
             self.metrics.request(route, status, (time.perf_counter() - start) * 1e3, texts, tokens, served.name)
-        return response, error
 
     def refuse(self, context: grpc.aio.ServicerContext) -> None:
         """HTTP's front door checks: the API key (`authorization: Bearer <key>` metadata), then capacity."""
@@ -242,9 +236,9 @@ def _metadatum(context: grpc.aio.ServicerContext, key: str) -> str:
     return ""
 
 
-def _metadata(text: str, tokens: int, start: float) -> pb.Metadata:
+def _metadata(message: Message, tokens: int) -> pb.Metadata:
     """TEI's per-answer figures: the characters and tokens of the text, and the time since its message arrived
     (tokenizing and pooling happen in one batched kernel call, not timed apart)."""
-    return pb.Metadata(compute_chars=len(text), compute_tokens=tokens,
-                       total_time_ns=int((time.perf_counter() - start) * 1e9))
+    return pb.Metadata(compute_chars=len(message.text), compute_tokens=tokens,
+                       total_time_ns=int((time.perf_counter() - message.start) * 1e9))
 
