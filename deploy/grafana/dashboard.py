@@ -28,7 +28,8 @@ APP = 'application="$application"'
 MODEL = 'model=~"$model"'  # the SwiftEmbed (sw_*) metrics only; Serve and Ray metrics have no model label
 USER_ROUTES = 'route!~"/-/.*"'  # leave out Serve's own /-/healthz and /-/routes
 SW_ROUTES = 'route!~"/health|/metrics"'  # the same for SwiftEmbed's front door
-HTTP_ONLY = 'route!~"handle:.*"'  # SwiftEmbed's metrics count handle calls too, under handle:<method>
+# SwiftEmbed's metrics count handle calls and gRPC calls too, under handle:<method> and grpc:<Service>/<Method>.
+HTTP_ONLY = 'route!~"(handle|grpc):.*"'
 ERRORS = 'status=~"[45].."'
 OBJECT_STORE = 'Name="object_store_memory"'  # ray_resources: the object-store capacity
 GRID_WIDTH = 24
@@ -229,7 +230,8 @@ ROWS: list[Row] = [
             Panel(
                 "Error responses/s by code",
                 "4xx and 5xx responses: those Serve attributes to a deployment, and those the replicas answered "
-                "(handle calls under handle:<method>, with the status HTTP gives the same error). 0 while none.",
+                "(handle calls under handle:<method>, gRPC calls under grpc:<Service>/<Method>, with the status HTTP "
+                "gives the same error). 0 while none.",
                 [
                     Target(
                         rate("deployment_http_errors", APP, USER_ROUTES, by="deployment, error_code"),
