@@ -15,7 +15,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import orjson
 
-from swiftembed.core.pooling import Precision
+from swiftembed.core.pooling import Precision, SimilarityMode
 from swiftembed.service import inputs
 from swiftembed.service.inputs import DEFAULT_OPTIONS, ApiError, Options, invalid, text
 from swiftembed.service.settings import Settings
@@ -232,11 +232,18 @@ def chunk_lines(spans: Sequence[Sequence[tuple[int, int]]], vectors: np.ndarray,
         )
 
 
-def parse_similarity(obj: dict[str, Any], settings: Settings) -> tuple[list[str], list[str], bool]:
-    """`{"source": str, "targets": [str]}` (one against many) or `{"pairs": [[a, b], ...]}`.
+class SimilarityRequest(NamedTuple):
+    """Pairwise scores left[i]·right[i], else the source (left[0]) against each target."""
 
-    Returns (left texts, right texts, pairwise): pairwise scores left[i]·right[i], else source vs each target.
-    """
+    left: list[str]
+    right: list[str]
+    pairwise: bool
+    mode: SimilarityMode
+
+
+def parse_similarity(obj: dict[str, Any], settings: Settings) -> SimilarityRequest:
+    """`{"source": str, "targets": [str]}` (one against many) or `{"pairs": [[a, b], ...]}`, and `mode`."""
+    mode = inputs.similarity_mode(obj.get("mode"))
     if "pairs" in obj:
         pairs = obj["pairs"]
         if not isinstance(pairs, list) or not pairs:
@@ -250,12 +257,12 @@ def parse_similarity(obj: dict[str, Any], settings: Settings) -> tuple[list[str]
                 raise invalid(f"'pairs[{i}]' must be a list of two strings", "pairs")
             left.append(text(pair[0], f"pairs[{i}][0]", settings))
             right.append(text(pair[1], f"pairs[{i}][1]", settings))
-        return left, right, True
+        return SimilarityRequest(left, right, True, mode)
     if "source" not in obj or "targets" not in obj:
         raise invalid("give 'source' and 'targets', or 'pairs'", "source")
     source = text(obj["source"], "source", settings)
     targets = inputs.texts(obj["targets"], "targets", settings, allow_single=False)
-    return [source], targets, False
+    return SimilarityRequest([source], targets, False, mode)
 
 
 def parse_tokenize(obj: dict[str, Any], settings: Settings) -> list[str]:
@@ -265,9 +272,9 @@ def parse_tokenize(obj: dict[str, Any], settings: Settings) -> list[str]:
     return inputs.texts(obj[key], key, settings)
 
 
-def parse_sparse(obj: dict[str, Any], settings: Settings) -> list[str]:
-    """POST /embed_sparse, TEI's shape: `{"inputs": str | [str]}` (`truncate` accepted: texts are always cut at
-    the model's token limit, as for /embed)."""
+def parse_inputs(obj: dict[str, Any], settings: Settings) -> list[str]:
+    """POST /embed_sparse and /embed_all, TEI's shape: `{"inputs": str | [str]}` (`truncate` accepted: texts are
+    always cut at the model's token limit, as for /embed)."""
     if "inputs" not in obj:
         raise invalid("'inputs' is required", "inputs")
     inputs.flag(obj.get("truncate"), "truncate")
@@ -321,6 +328,12 @@ def jsonl_lines(indices: Sequence[int], vectors: np.ndarray) -> bytes:
 def _json_rows(vectors: np.ndarray) -> list[bytes]:
     """Each row's JSON numbers (without brackets) from one orjson call on the whole (non-empty) array."""
     return orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+
+
+def token_vectors_body(vectors: Sequence[np.ndarray]) -> bytes:
+    """TEI's /embed_all answer: per text a list of its token vectors."""
+    return b"[%s]" % b",".join(orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY) if len(v) else b"[]"
+                               for v in vectors)
 
 
 def sparse_body(vectors: Sequence[tuple[np.ndarray, np.ndarray]]) -> bytes:
