@@ -142,12 +142,15 @@ def _as_float32(table: np.ndarray) -> np.ndarray:
 
 
 def maxsim(left: list[np.ndarray], right: list[np.ndarray], pairwise: bool) -> np.ndarray:
-    """Late interaction (ColBERT's MaxSim, averaged so scores stay in [-1, 1] like a cosine): for each token of
-    the left text its best cosine with any token of the right text, averaged over the left text's tokens. A text
-    without tokens scores 0. Pairwise: left[i] with right[i]; else the matrix of every left with every right."""
+    """Late interaction (ColBERT's MaxSim) for static token vectors: for each token of the left text its best cosine
+    with any token of the right text, averaged with the token's row norm as its weight, so scores stay in [-1, 1]
+    like a cosine. A static model's row norm is the weight the mean vector gives the token: weighting by it ranked
+    paraphrases far better than ColBERT's plain sum (STS-B train, docs/quality.md). A text without tokens scores 0.
+    Pairwise: left[i] with right[i]; else the matrix of every left with every right."""
+    weights = [np.linalg.norm(v, axis=1) for v in left]
     left, right = [_unit_rows(v) for v in left], [_unit_rows(v) for v in right]
     if pairwise:
-        return np.array([_maxsim_one(a, b) for a, b in zip(left, right)], dtype=np.float32)
+        return np.array([_maxsim_one(a, w, b) for a, w, b in zip(left, weights, right)], dtype=np.float32)
     scores = np.zeros((len(left), len(right)), dtype=np.float32)
     sizes = np.array([len(b) for b in right])
     keep = np.flatnonzero(sizes)  # reduceat cannot take empty segments
@@ -155,14 +158,16 @@ def maxsim(left: list[np.ndarray], right: list[np.ndarray], pairwise: bool) -> n
         return scores
     stacked = np.concatenate([right[j] for j in keep])
     starts = np.concatenate([[0], np.cumsum(sizes[keep])[:-1]])
-    for i, a in enumerate(left):
-        if len(a):
-            scores[i, keep] = np.maximum.reduceat(a @ stacked.T, starts, axis=1).mean(axis=0)
+    for i, (a, w) in enumerate(zip(left, weights)):
+        if len(a) and w.sum() > 0:
+            scores[i, keep] = w @ np.maximum.reduceat(a @ stacked.T, starts, axis=1) / w.sum()
     return scores
 
 
-def _maxsim_one(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a @ b.T).max(axis=1).mean()) if len(a) and len(b) else 0.0
+def _maxsim_one(a: np.ndarray, weights: np.ndarray, b: np.ndarray) -> float:
+    if not len(a) or not len(b) or weights.sum() <= 0:
+        return 0.0
+    return float(weights @ (a @ b.T).max(axis=1) / weights.sum())
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
