@@ -139,8 +139,8 @@ def test_limits(strict_url):
     info = httpx.get(f"{strict_url}/info", headers=auth).json()
     assert info["limits"] == {"max_texts": 4, "max_chars": 20, "long_text": "reject", "max_body_bytes": 4096,
                               "max_jsonl_bytes": 268435456, "max_jsonl_lines": 1000000, "max_document_chars": 4000000,
-                              "max_token_vectors": 8, "body_chunk_timeout_s": 5.0, "body_timeout_s": 10.0, "max_batch_size": 64,
-                              "batch_wait_timeout_s": 0.0, "auth": True}
+                              "max_token_vectors": 8, "body_chunk_timeout_s": 5.0, "body_timeout_s": 10.0,
+                              "max_batch_size": 64, "batch_wait_timeout_s": 0.0, "auth": True}
     spec = httpx.get(f"{strict_url}/openapi.json", headers=auth)
     assert "s3cret" not in spec.text
     # The spec says what the front door does: a key everywhere but on the two open paths.

@@ -166,8 +166,8 @@ def test_token_vectors_limit_is_a_413(embedder):
     served = service.model(None)
     vectors, tokens = service.embed_all(["one two three four five"], served)
     assert tokens == 5 and vectors[0].shape == (5, 256)
-    for call in (lambda: service.embed_all(["one two three four five six"], served),
-                 lambda: asyncio.run(service.similarity(["one two three"], ["four five six"], served, False, "maxsim"))):
+    maxsim = service.similarity(["one two three"], ["four five six"], served, False, "maxsim")
+    for call in (lambda: service.embed_all(["one two three four five six"], served), lambda: asyncio.run(maxsim)):
         with pytest.raises(ApiError) as raised:
             call()
         assert raised.value.status == 413 and raised.value.code == "too_many_tokens"
