@@ -4,11 +4,12 @@
         [--rounds 3] [--connections 8] [--json benchmarks/results/encodings.json]
 
 Encodings: JSON floats and base64 (what the openai Python client asks for by default) on /v1/embeddings, int8 and
-ubinary in JSON and raw little-endian float32, int8 and packed bits (`Accept: application/octet-stream`) on /embed. Each server gets
-the same request bodies; the FastAPI + model2vec server (benchmarks/fastapi_app.py) answers each encoding the way
-its author would write it. All servers run at once and rounds interleave every (server, encoding) case, so a slow
-spell of the shared machine hits them alike; medians are reported, each as a multiple of FastAPI answering the same
-encoding (median of per-round ratios), and per server each encoding's rate against raw float32.
+ubinary in JSON and raw little-endian float32, int8 and packed bits (`Accept: application/octet-stream`) on
+/embed. Each server gets the same request bodies; the FastAPI + model2vec server (benchmarks/fastapi_app.py)
+answers each encoding the way its author would write it. All servers run at once and rounds interleave every
+(server, encoding) case, so a slow spell of the shared machine hits them alike; medians are reported, each as a
+multiple of FastAPI answering the same encoding (median of per-round ratios), and per server each encoding's rate
+against raw float32.
 """
 
 from __future__ import annotations
@@ -95,7 +96,10 @@ def main() -> None:
                   "bytes_per_vector": round(answer_bytes[name] / len(TEXTS))}
         for key, base in (("vs_fastapi", f"fastapi | {encoding}"), ("vs_raw", f"{path} | raw")):
             if base in runs and base != name:
-                result[key] = statistics.median(r["rps"] / b["rps"] for r, b in zip(rounds, runs[base]) if b["rps"])
+                ratios = [r["rps"] / b["rps"] for r, b in zip(rounds, runs[base]) if b["rps"]]
+                if not ratios:
+                    raise RuntimeError(f"{base}: no requests answered ({runs[base]})")
+                result[key] = statistics.median(ratios)
         results[name] = result
 
     print(f"machine: {machine()}; commit {code}; command: {' '.join(sys.argv)}")

@@ -58,10 +58,12 @@ def test_benchmarks_doc_is_generated_from_the_committed_run():
     assert {"commit", "date", "machine", "command", "results"} <= set(data)
     results = ROOT / "benchmarks" / "results"
     before, chunks, ab = results / "before.json", results / "chunks.json", results / "ab-restructure.json"
+    encodings = results / "encodings.json"
     expected = render(
         data, "benchmarks/results/paths.json",
         json.loads(before.read_text()) if before.exists() else None, "benchmarks/results/before.json",
         json.loads(chunks.read_text()) if chunks.exists() else None, "benchmarks/results/chunks.json",
         "benchmarks/results/ab-restructure.json" if ab.exists() else "",
+        json.loads(encodings.read_text()) if encodings.exists() else None, "benchmarks/results/encodings.json",
     )
     assert (ROOT / "docs" / "benchmarks.md").read_text() == expected, "run benchmarks/report.py"
