@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_chunks.py --json benchmarks/results/chunks.json
     .venv/bin/python benchmarks/report.py benchmarks/results/paths.json [--before benchmarks/results/before.json]
         [--chunks benchmarks/results/chunks.json] [--ab benchmarks/results/ab-restructure.json]
+        [--encodings benchmarks/results/encodings.json]
 
 `--before` adds a before/after table against a run of the previous code on the same machine and day (for a
 change that must not slow the request path down); `--ab` adds a benchmarks/bench_ab.py run, where the previous
@@ -226,8 +227,61 @@ def scale_section(results: dict[str, dict[str, float]]) -> list[str]:
             "that figure needs two machines."]
 
 
+ENCODING_NAMES = {
+    "float": "JSON floats (`/v1/embeddings`)",
+    "base64": "base64 (`/v1/embeddings`, the openai client's default)",
+    "int8": "int8 in JSON (`/embed`, `precision`)",
+    "ubinary": "packed bits in JSON (`/embed`, `precision`)",
+    "raw": "raw float32 (`/embed`, octet-stream)",
+    "raw-int8": "raw int8 (`/embed`, octet-stream)",
+    "raw-ubinary": "raw packed bits (`/embed`, octet-stream)",
+}
+
+
+def encodings_section(run: dict, source: str) -> list[str]:
+    """Answer encodings for 100 texts on every server side by side (benchmarks/bench_encodings.py), with issue 31's
+    targets: base64 and raw float32 at least 7x FastAPI answering the same encoding, base64 at least 85% of raw,
+    int8 and ubinary at least the raw float32 rate."""
+    results = run["results"]
+    servers = [p for p in ("standalone", "serve-replica") if f"{p} | raw" in results]
+    head = "| encoding | bytes per vector | FastAPI req/s | " + " | ".join(
+        f"{p} req/s | vs FastAPI | vs raw" for p in servers) + " |"
+    rows = []
+    for encoding, what in ENCODING_NAMES.items():
+        ours = [results.get(f"{p} | {encoding}") for p in servers]
+        if not any(ours):
+            continue
+        fastapi = results.get(f"fastapi | {encoding}")
+        cells = [f"{what}", f"{next(r for r in ours if r)['bytes_per_vector']:,}",
+                 f"{fastapi['rps']:,.0f}" if fastapi else "-"]
+        for r in ours:
+            cells += [f"{r['rps']:,.0f}", f"{r['vs_fastapi']:.1f}x" if "vs_fastapi" in r else "-",
+                      f"{100 * r['vs_raw']:.0f}%" if "vs_raw" in r else "-"] if r else ["-", "-", "-"]
+        rows.append("| " + " | ".join(cells) + " |")
+    checks = []
+    for p in servers:
+        for encoding, key, want, label in (("base64", "vs_fastapi", 7.0, "x FastAPI"), ("raw", "vs_fastapi", 7.0,
+                                           "x FastAPI"), ("base64", "vs_raw", 0.85, "of raw"),
+                                          ("int8", "vs_raw", 1.0, "of raw"), ("ubinary", "vs_raw", 1.0, "of raw")):
+            r = results.get(f"{p} | {encoding}", {})
+            if key in r:
+                got = f"{r[key]:.1f}x" if key == "vs_fastapi" else f"{100 * r[key]:.0f}%"
+                goal = f"{want:g}x" if key == "vs_fastapi" else f"{100 * want:.0f}%"
+                checks.append(f"| {p}: {encoding} {label} >= {goal} | {got} | {'yes' if r[key] >= want else 'no'} |")
+    return ["", "## Answer encodings (100 texts a request)", "",
+            f"From `{source}`: run {run['date']} on commit `{run['commit']}`; machine: {run['machine']}. Command: "
+            f"`{' '.join(run['command'])}`. {run['texts']} texts a request, {run['connections']} connections, every "
+            "server up at once and the rounds interleaving every (server, encoding) case; medians. \"vs FastAPI\" is "
+            "the median of per-round ratios to the FastAPI + model2vec server answering the same encoding the way "
+            "its author would write it (`benchmarks/fastapi_app.py`), \"vs raw\" the same against this server's raw "
+            "float32 answer. Bytes per vector: the answer's size over 100.", "", head,
+            "|---|---:|---:|" + "---:|---:|---:|" * len(servers), *rows, "",
+            "| target (issue 31) | measured | met |", "|---|---:|:---:|", *checks]
+
+
 def render(run: dict, source: str, before: dict | None = None, before_source: str = "", chunks: dict | None = None,
-           chunks_source: str = "", ab_source: str = "") -> str:
+           chunks_source: str = "", ab_source: str = "", encodings: dict | None = None,
+           encodings_source: str = "") -> str:
     results = run["results"]
     lines = [INTRO.format(source=f"`{source}`", date=run["date"], commit=run["commit"], machine=run["machine"],
                           command=" ".join(run["command"]))]
@@ -271,6 +325,8 @@ def render(run: dict, source: str, before: dict | None = None, before_source: st
                   "and of this code, answering side by side: both on CPU 0, wrk on CPU 1 driving one at a time, "
                   "rounds alternating; the ratio is this code's requests/s over the base's, the median of the "
                   "rounds'.", "", ab_table(str(ROOT / ab_source)).replace(str(ROOT) + "/", "")]
+    if encodings is not None:
+        lines += encodings_section(encodings, encodings_source)
     if chunks is not None:
         lines += chunks_section(chunks, chunks_source)
     return "\n".join(lines) + "\n"
@@ -286,13 +342,16 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="a run of the previous code, for a before/after table")
     parser.add_argument("--chunks", type=Path, help="a bench_chunks.py run, for the long-document table")
     parser.add_argument("--ab", type=Path, help="a bench_ab.py run, for a side-by-side before/after table")
+    parser.add_argument("--encodings", type=Path, help="a bench_encodings.py run, for the answer-encoding table")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     run = json.loads(args.paths_json.read_text())
     before = json.loads(args.before.read_text()) if args.before else None
     chunks = json.loads(args.chunks.read_text()) if args.chunks else None
+    encodings = json.loads(args.encodings.read_text()) if args.encodings else None
     text = render(run, _relative(args.paths_json), before, _relative(args.before) if args.before else "", chunks,
-                  _relative(args.chunks) if args.chunks else "", _relative(args.ab) if args.ab else "")
+                  _relative(args.chunks) if args.chunks else "", _relative(args.ab) if args.ab else "", encodings,
+                  _relative(args.encodings) if args.encodings else "")
     args.out.write_text(text)
     print(f"wrote {args.out}")
 

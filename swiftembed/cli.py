@@ -515,6 +515,8 @@ def _add_eval_retrieval(sub: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--alpha", type=float, default=retrieval.DEFAULT_ALPHA,
                    help=f"dense weight in the fusion (default {retrieval.DEFAULT_ALPHA}, chosen on STS-B train)")
     p.add_argument("--fusion", choices=("convex", "rrf"), default=retrieval.DEFAULT_FUSION)
+    p.add_argument("--maxsim", action="store_true",
+                   help="also rank by late interaction over token vectors (/similarity's maxsim mode)")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     add_model_options(p)
     p.set_defaults(run=_run_retrieval)
@@ -525,7 +527,8 @@ def _run_retrieval(args: argparse.Namespace) -> int:
 
     embedder = load_embedder(args)
     result = retrieval.evaluate_retrieval(
-        embedder, args.file, args.format, min_score=args.min_score, fusion=args.fusion, alpha=args.alpha
+        embedder, args.file, args.format, min_score=args.min_score, fusion=args.fusion, alpha=args.alpha,
+        with_maxsim=args.maxsim,
     )
     if args.json:
         print(json.dumps({"model": embedder.model_id, "file": str(args.file), **result.to_dict()}, indent=2))
@@ -533,10 +536,14 @@ def _run_retrieval(args: argparse.Namespace) -> int:
     print(f"{args.file}: {result.queries} queries (score >= {args.min_score:g}), corpus {result.corpus}; "
           f"{embedder.model_id}, sparse {result.weighting}, fused {result.fusion} alpha {result.alpha:g}")
     print(f"{'ranking':<8}{'mrr@10':>9}{'recall@1':>10}{'recall@10':>11}")
-    for name, m in (("dense", result.dense), ("sparse", result.sparse), ("fused", result.fused)):
+    rankings = [("dense", result.dense), ("sparse", result.sparse), ("fused", result.fused)]
+    for name, m in rankings + ([("maxsim", result.maxsim)] if result.maxsim is not None else []):
         print(f"{name:<8}{m.mrr10:>9.2f}{m.recall1:>10.2f}{m.recall10:>11.2f}")
     print(f"fused - dense MRR@10: {result.gain:+.2f} (95% CI {result.gain_low:+.2f} .. {result.gain_high:+.2f}, "
           f"fused ahead in {100 * result.gain_positive:.1f}% of resamples)")
+    if result.maxsim_gain is not None:
+        gain, low, high = result.maxsim_gain
+        print(f"maxsim - dense MRR@10: {gain:+.2f} (95% CI {low:+.2f} .. {high:+.2f})")
     return 0
 
 

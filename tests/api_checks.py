@@ -112,7 +112,7 @@ def check_service_routes(url: str, embedder) -> None:
         assert info["dimension"] == 256 and info["max_tokens"] == 512 and info["limits"]["max_texts"] >= 1
         spec = http.get("/openapi.json").json()
         assert set(spec["paths"]) == {"/v1/embeddings", "/embed", "/v2/embed", "/embed/jsonl", "/embed/chunks",
-                                      "/embed_sparse", "/similarity", "/tokenize",
+                                      "/embed_sparse", "/embed_all", "/similarity", "/tokenize",
                                       "/health", "/info", "/metrics", "/openapi.json", "/v1/models",
                                       "/v1/models/{model}"}
 
@@ -316,6 +316,37 @@ def check_sparse(url: str, embedders: dict, texts: list[str]) -> None:
         for body, status in bad:
             r = http.post("/embed_sparse", json=body)
             assert r.status_code == status and "error" in r.json() and "error_type" in r.json(), (body, r.text)
+
+
+def check_token_vectors(url: str, embedders: dict, texts: list[str]) -> None:
+    """/embed_all in TEI's shape for every served model: per text its token vectors, equal to the library's
+    `Embedder.token_vectors` (so to model2vec's `encode_as_sequence`); /similarity's maxsim mode equal to
+    `Embedder.similarity(mode="maxsim")`; TEI's errors for bad input."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for name, embedder in embedders.items():
+            r = http.post("/embed_all", json={"inputs": texts, "model": name, "truncate": True})
+            assert r.status_code == 200, r.text[:300]
+            got, want = r.json(), embedder.token_vectors(texts)
+            assert [len(rows) for rows in got] == [len(rows) for rows in want]
+            assert int(r.headers["x-token-count"]) == sum(map(len, want))
+            for rows, expected in zip(got, want):
+                if len(expected):  # orjson writes float32's shortest form: read back as float32, the same bits
+                    np.testing.assert_array_equal(np.asarray(rows, dtype=np.float32), expected)
+            assert http.post("/embed_all", json={"inputs": texts[0], "model": name}).json() == got[:1]
+            targets = [t for t in texts if t][:5]
+            r = http.post("/similarity", json={"source": texts[0], "targets": targets, "mode": "maxsim", "model": name})
+            assert r.status_code == 200, r.text[:300]
+            np.testing.assert_allclose(r.json()["scores"], embedder.similarity(texts[0], targets, mode="maxsim")[0],
+                                       atol=1e-6)
+            pairs = [[targets[0], targets[0]], [targets[1], ""]]
+            r = http.post("/similarity", json={"pairs": pairs, "mode": "maxsim", "model": name})
+            assert r.status_code == 200 and abs(r.json()["scores"][0] - 1) < 1e-5 and r.json()["scores"][1] == 0
+        for body, status in [({}, 422), ({"inputs": []}, 422), ({"inputs": [1]}, 422),
+                             ({"inputs": "x", "model": "nope"}, 404)]:
+            r = http.post("/embed_all", json=body)
+            assert r.status_code == status and "error" in r.json() and "error_type" in r.json(), (body, r.text)
+        r = http.post("/similarity", json={"source": "a", "targets": ["b"], "mode": "colbert"})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "mode", r.text
 
 
 def check_cohere_client(url: str, embedders) -> None:

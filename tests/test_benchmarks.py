@@ -25,6 +25,17 @@ def test_fastapi_baseline_answers_the_models_vectors(embedder):
         r = client.post("/embed", json={"texts": texts})
     assert r.status_code == 200
     np.testing.assert_allclose(r.json()["embeddings"], embedder.encode(texts), atol=1e-6)
+    # Each encoding it answers (benchmarks/bench_encodings.py) holds the same vectors.
+    with TestClient(app) as client:
+        raw = client.post("/embed", json={"texts": texts}, headers={"Accept": "application/octet-stream"}).content
+        packed = client.post("/embed", json={"texts": texts, "precision": "ubinary"}).json()["embeddings"]
+        scaled = client.post("/embed", json={"texts": texts, "precision": "int8"}).json()["embeddings"]
+        b64 = client.post("/v1/embeddings", json={"input": texts, "encoding_format": "base64"}).json()["data"]
+    np.testing.assert_allclose(np.frombuffer(raw, "<f4").reshape(3, -1), embedder.encode(texts), atol=1e-6)
+    np.testing.assert_array_equal(packed, embedder.encode(texts, precision="ubinary"))
+    assert np.abs(np.asarray(scaled) / 127 - embedder.encode(texts)).max() < 0.01
+    decoded = [np.frombuffer(__import__("base64").b64decode(d["embedding"]), "<f4") for d in b64]
+    np.testing.assert_allclose(decoded, embedder.encode(texts), atol=1e-6)
 
 
 def test_standalone_noop_goes_through_the_front_door():
@@ -47,10 +58,12 @@ def test_benchmarks_doc_is_generated_from_the_committed_run():
     assert {"commit", "date", "machine", "command", "results"} <= set(data)
     results = ROOT / "benchmarks" / "results"
     before, chunks, ab = results / "before.json", results / "chunks.json", results / "ab-restructure.json"
+    encodings = results / "encodings.json"
     expected = render(
         data, "benchmarks/results/paths.json",
         json.loads(before.read_text()) if before.exists() else None, "benchmarks/results/before.json",
         json.loads(chunks.read_text()) if chunks.exists() else None, "benchmarks/results/chunks.json",
         "benchmarks/results/ab-restructure.json" if ab.exists() else "",
+        json.loads(encodings.read_text()) if encodings.exists() else None, "benchmarks/results/encodings.json",
     )
     assert (ROOT / "docs" / "benchmarks.md").read_text() == expected, "run benchmarks/report.py"

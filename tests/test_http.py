@@ -19,7 +19,8 @@ def url():
 
 @pytest.fixture(scope="module")
 def strict_url():
-    env = {"SWIFTEMBED_API_KEY": "s3cret", "SWIFTEMBED_MAX_BODY_BYTES": "4096", "SWIFTEMBED_MAX_TEXTS": "4"}
+    env = {"SWIFTEMBED_API_KEY": "s3cret", "SWIFTEMBED_MAX_BODY_BYTES": "4096", "SWIFTEMBED_MAX_TEXTS": "4",
+           "SWIFTEMBED_MAX_TOKEN_VECTORS": "8"}
     with standalone_server("--max-chars", "20", "--long-text", "reject", env=env) as base:
         yield base
 
@@ -54,6 +55,10 @@ def test_chunks(url, embedders, sentences):
 
 def test_sparse(url, embedders, sentences):
     api_checks.check_sparse(url, embedders, [*sentences[:20], "", "the the the dog dog", "naïve café [CLS]"])
+
+
+def test_token_vectors(url, embedders, sentences):
+    api_checks.check_token_vectors(url, embedders, [*sentences[:20], "", "the the the dog dog", "naïve café [CLS]"])
 
 
 def test_cohere_client(url, embedders):
@@ -125,11 +130,17 @@ def test_limits(strict_url):
     assert long.status_code == 422 and "20" in long.json()["error"]["message"]
     tei = httpx.post(f"{strict_url}/embed", json={"inputs": ["y" * 21]}, headers=auth)
     assert tei.status_code == 422 and tei.json()["error_type"] == "Validation"
+    vectors = httpx.post(f"{strict_url}/embed_all", json={"inputs": ["one two three four", "five six seven eight"]},
+                         headers=auth)
+    assert vectors.status_code == 200 and [len(rows) for rows in vectors.json()] == [4, 4]
+    vectors = httpx.post(f"{strict_url}/embed_all", json={"inputs": ["a b c d e f g h i j"]},
+                         headers=auth)
+    assert vectors.status_code == 413 and vectors.json()["error_type"] == "Validation", vectors.text
     info = httpx.get(f"{strict_url}/info", headers=auth).json()
     assert info["limits"] == {"max_texts": 4, "max_chars": 20, "long_text": "reject", "max_body_bytes": 4096,
                               "max_jsonl_bytes": 268435456, "max_jsonl_lines": 1000000, "max_document_chars": 4000000,
-                              "body_chunk_timeout_s": 5.0, "body_timeout_s": 10.0, "max_batch_size": 64,
-                              "batch_wait_timeout_s": 0.0, "grpc_port": None, "auth": True}
+                              "max_token_vectors": 8, "body_chunk_timeout_s": 5.0, "body_timeout_s": 10.0,
+                              "max_batch_size": 64, "batch_wait_timeout_s": 0.0, "grpc_port": None, "auth": True}
     spec = httpx.get(f"{strict_url}/openapi.json", headers=auth)
     assert "s3cret" not in spec.text
     # The spec says what the front door does: a key everywhere but on the two open paths.

@@ -22,6 +22,25 @@ def assert_parity(directory: Path, texts: list[str], atol: float, **kwargs) -> N
     assert ours.shape == theirs.shape
     assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=atol)
+    assert_token_parity(directory, texts, atol, **kwargs)
+
+
+def assert_token_parity(directory: Path, texts: list[str], atol: float, **kwargs) -> None:
+    """Token vectors (/embed_all) equal model2vec's `encode_as_sequence` at our token limit."""
+    embedder = Embedder.load(directory, **kwargs)
+    reference = model2vec.StaticModel.from_pretrained(str(directory))
+    ours = embedder.token_vectors(texts)
+    theirs = reference.encode_as_sequence(texts, max_length=embedder.max_tokens)
+    assert len(ours) == len(theirs) == len(texts)
+    for mine, other in zip(ours, theirs):
+        assert mine.dtype == np.float32 and mine.shape == other.shape
+        np.testing.assert_allclose(mine, other, rtol=0, atol=atol)
+
+
+def test_default_model_token_vectors(sentences):
+    texts = VARIED_TEXTS + ["word " * 700] + sentences[:500]
+    assert_token_parity(DEFAULT_MODEL_DIR, texts, atol=0)
+    assert Embedder.load().token_vectors("word " * 700).shape == (512, 256)
 
 
 def test_default_model_varied_texts(embedder, reference):

@@ -129,3 +129,45 @@ def test_large_input_is_chunked(embedder, monkeypatch, sentences):
     whole = embedder.encode(sentences[:300])
     monkeypatch.setattr(module, "CHUNK_TEXTS", 64)
     np.testing.assert_array_equal(embedder.encode(sentences[:300]), whole)
+
+
+def test_maxsim_is_mean_of_best_token_cosines(embedder, sentences):
+    """Against a plain per-pair loop: each left token's best cosine with a right token, averaged with the token's row
+    norm as weight; 0 without tokens."""
+    from swiftembed.core.pooling import maxsim
+
+    left, right = sentences[:4] + [""], sentences[4:10] + ["", "dog"]
+    lv, rv = embedder.token_vectors(left), embedder.token_vectors(right)
+
+    def naive(a: np.ndarray, b: np.ndarray) -> float:
+        if not len(a) or not len(b):
+            return 0.0
+        best = [max(float(x @ y) / np.linalg.norm(x) / np.linalg.norm(y) for y in b) for x in a]
+        return float(np.average(best, weights=np.linalg.norm(a, axis=1)))
+
+    want = np.array([[naive(a, b) for b in rv] for a in lv])
+    np.testing.assert_allclose(maxsim(lv, rv, pairwise=False), want, atol=1e-5)
+    np.testing.assert_allclose(maxsim(lv, rv[:5], pairwise=True), np.diag(want[:, :5]), atol=1e-5)
+    np.testing.assert_allclose(embedder.similarity(left, right, mode="maxsim"), want, atol=1e-5)
+    with pytest.raises(ValueError, match="mode"):
+        embedder.similarity("a", "b", mode="colbert")  # type: ignore[arg-type]
+
+
+def test_token_vectors_limit_is_a_413(embedder):
+    import asyncio
+
+    from swiftembed.core.catalog import Catalog
+    from swiftembed.service.batcher import Batcher
+    from swiftembed.service.inputs import ApiError
+    from swiftembed.service.service import EmbeddingService
+    from swiftembed.service.settings import Settings
+
+    service = EmbeddingService(Catalog.of(embedder), Batcher(), Settings(max_token_vectors=5))
+    served = service.model(None)
+    vectors, tokens = service.embed_all(["one two three four five"], served)
+    assert tokens == 5 and vectors[0].shape == (5, 256)
+    maxsim = service.similarity(["one two three"], ["four five six"], served, False, "maxsim")
+    for call in (lambda: service.embed_all(["one two three four five six"], served), lambda: asyncio.run(maxsim)):
+        with pytest.raises(ApiError) as raised:
+            call()
+        assert raised.value.status == 413 and raised.value.code == "too_many_tokens"

@@ -65,6 +65,21 @@ def test_sparse_through_serve_and_the_handle(ray_serve, app, embedders, sentence
         assert one.indices.tolist() == want[0].indices.tolist()
 
 
+def test_token_vectors_through_serve_and_the_handle(ray_serve, app, embedders, sentences):
+    texts = [*sentences[:10], "", "the the the dog dog"]
+    api_checks.check_token_vectors(ray_serve.url, embedders, texts)
+    for name, embedder in embedders.items():
+        got, want = app.embed_all.remote(texts, model=name).result(), embedder.token_vectors(texts)
+        assert [len(rows) for rows in got] == [len(rows) for rows in want]
+        np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
+        np.testing.assert_array_equal(app.embed_all.remote(texts[0], model=name).result(), want[0])
+        scores = app.similarity.remote(texts[0], texts[1:5], model=name, mode="maxsim").result()
+        np.testing.assert_allclose(scores, embedder.similarity(texts[0], texts[1:5], mode="maxsim"), atol=1e-6)
+    with pytest.raises(ApiError) as raised:
+        app.similarity.remote("a", "b", mode="colbert").result()
+    assert raised.value.status == 422 and raised.value.param == "mode"
+
+
 def test_jsonl_through_serve(ray_serve, app, embedder):
     api_checks.check_jsonl(ray_serve.url, embedder, lines=1500)
 

@@ -9,7 +9,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from swiftembed.core.model import StaticModel, load_model
-from swiftembed.core.pooling import DENSE_BELOW, PRECISIONS, Precision, finish, mean_pool, pool_lists
+from swiftembed.core.pooling import (
+    DENSE_BELOW,
+    PRECISIONS,
+    Precision,
+    SimilarityMode,
+    finish,
+    maxsim,
+    mean_pool,
+    pool_lists,
+    token_rows,
+)
 from swiftembed.core.tokenizer import TextTokenizer, TokenBatch
 
 if TYPE_CHECKING:
@@ -159,6 +169,14 @@ class Embedder:
         """One text's vector, 1-D."""
         return self.encode([text], **options)[0]  # type: ignore[arg-type]
 
+    def token_vectors(self, texts: str | Sequence[str] | TokenBatch) -> list[np.ndarray] | np.ndarray:
+        """Each text's token vectors (tokens x dim, float32, not normalized), the same tokens `encode` averages: for
+        late interaction (MaxSim) and TEI's /embed_all. A single string gives its array."""
+        if isinstance(texts, str):
+            return self.token_vectors([texts])[0]
+        batch = texts if isinstance(texts, TokenBatch) else self.tokens(texts)
+        return token_rows(self.table, batch, rows=self.model.mapping, weights=self.model.weights)
+
     def sparse(self, texts: str | Sequence[str], **options: object) -> list[SparseVector] | SparseVector:
         """Sparse lexical vectors (token id -> weight) from the same tokens as `encode`, one per text (a single
         string: its vector); options of `swiftembed.core.sparse.sparse_encode` (`normalize=True`)."""
@@ -229,8 +247,16 @@ class Embedder:
             self._ranges[key] = np.stack([vectors.min(axis=0), vectors.max(axis=0)])
         return self._ranges[key]
 
-    def similarity(self, a: str | Sequence[str], b: str | Sequence[str]) -> np.ndarray:
-        """Cosine similarity matrix between the texts of `a` and of `b`."""
+    def similarity(
+        self, a: str | Sequence[str], b: str | Sequence[str], *, mode: SimilarityMode = "mean"
+    ) -> np.ndarray:
+        """Cosine similarity matrix between the texts of `a` and of `b`; `mode="maxsim"`: late interaction over
+        their token vectors (`swiftembed.core.pooling.maxsim`)."""
+        if mode == "maxsim":
+            return maxsim(self.token_vectors([a] if isinstance(a, str) else a),  # type: ignore[arg-type]
+                          self.token_vectors([b] if isinstance(b, str) else b), pairwise=False)  # type: ignore[arg-type]
+        if mode != "mean":
+            raise ValueError(f"mode must be 'mean' or 'maxsim', got {mode!r}")
         left = self.encode([a] if isinstance(a, str) else a, normalize=True)
         right = self.encode([b] if isinstance(b, str) else b, normalize=True)
         return left @ right.T

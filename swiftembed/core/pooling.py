@@ -21,6 +21,8 @@ from swiftembed.core.tokenizer import TokenBatch
 
 Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = ("float32", "int8", "uint8", "binary", "ubinary")
+SimilarityMode = Literal["mean", "maxsim"]
+SIMILARITY_MODES: tuple[str, ...] = ("mean", "maxsim")
 
 # Below this many texts a dense gather beats building a sparse matrix (scipy's per-call overhead).
 DENSE_BELOW = 4
@@ -101,6 +103,17 @@ def pool_lists(
     return out
 
 
+def token_rows(
+    table: np.ndarray, batch: TokenBatch, *, rows: np.ndarray | None = None, weights: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Each text's token rows, float32 (tokens x dim): the rows `mean_pool` averages, one per token in order
+    (model2vec's `encode_as_sequence`). For a static model a token's vector is its row: nothing to compute."""
+    gathered = table.take(batch.ids if rows is None else rows[batch.ids], axis=0).astype(np.float32, copy=False)
+    if weights is not None:
+        gathered = gathered * weights[batch.ids, None].astype(np.float32)
+    return np.split(gathered, batch.offsets[1:-1])
+
+
 def _pool_into(
     out: np.ndarray, table: np.ndarray, ids: np.ndarray, rows: np.ndarray | None, weights: np.ndarray | None,
     mean: bool,
@@ -126,6 +139,40 @@ def _sparse_sum(
 def _as_float32(table: np.ndarray) -> np.ndarray:
     # int8 and float16 tables are widened once per call; Embedder keeps a float32 copy to avoid even that.
     return table if table.dtype == np.float32 else table.astype(np.float32)
+
+
+def maxsim(left: list[np.ndarray], right: list[np.ndarray], pairwise: bool) -> np.ndarray:
+    """Late interaction (ColBERT's MaxSim) for static token vectors: for each token of the left text its best cosine
+    with any token of the right text, averaged with the token's row norm as its weight, so scores stay in [-1, 1]
+    like a cosine. A static model's row norm is the weight the mean vector gives the token: weighting by it ranked
+    paraphrases far better than ColBERT's plain sum (STS-B train, docs/quality.md). A text without tokens scores 0.
+    Pairwise: left[i] with right[i]; else the matrix of every left with every right."""
+    weights = [np.linalg.norm(v, axis=1) for v in left]
+    left, right = [_unit_rows(v) for v in left], [_unit_rows(v) for v in right]
+    if pairwise:
+        return np.array([_maxsim_one(a, w, b) for a, w, b in zip(left, weights, right)], dtype=np.float32)
+    scores = np.zeros((len(left), len(right)), dtype=np.float32)
+    sizes = np.array([len(b) for b in right])
+    keep = np.flatnonzero(sizes)  # reduceat cannot take empty segments
+    if not len(keep):
+        return scores
+    stacked = np.concatenate([right[j] for j in keep])
+    starts = np.concatenate([[0], np.cumsum(sizes[keep])[:-1]])
+    for i, (a, w) in enumerate(zip(left, weights)):
+        if len(a) and w.sum() > 0:
+            scores[i, keep] = w @ np.maximum.reduceat(a @ stacked.T, starts, axis=1) / w.sum()
+    return scores
+
+
+def _maxsim_one(a: np.ndarray, weights: np.ndarray, b: np.ndarray) -> float:
+    if not len(a) or not len(b) or weights.sum() <= 0:
+        return 0.0
+    return float(weights @ (a @ b.T).max(axis=1) / weights.sum())
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.float32(1e-12))
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

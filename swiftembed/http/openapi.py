@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from swiftembed import __version__
-from swiftembed.core.pooling import PRECISIONS
+from swiftembed.core.pooling import PRECISIONS, SIMILARITY_MODES
 from swiftembed.http.frontdoor import Route
 from swiftembed.http.wire import COHERE_INPUT_TYPES, COHERE_TYPES
 
@@ -58,6 +58,8 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
 
     text = {"type": "string", "maxLength": settings.max_chars} if settings.long_text == "reject" else {"type": "string"}
     texts = {"type": "array", "items": text, "minItems": 1, "maxItems": settings.max_texts}
+    mode = {"type": ["string", "null"], "enum": [*SIMILARITY_MODES, None],
+            "description": "mean: cosine of the mean vectors (default); maxsim: late interaction over token vectors"}
     flag = {"type": ["boolean", "null"]}
     name = {"type": ["string", "null"]}
     vector = {"type": "array", "items": {"type": "number"}}
@@ -257,7 +259,7 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
                     "type": "object",
                     "required": ["source", "targets"],
                     "not": {"required": ["pairs"]},
-                    "properties": {"source": text, "targets": texts, "model": model},
+                    "properties": {"source": text, "targets": texts, "model": model, "mode": mode},
                 },
                 {
                     "type": "object",
@@ -270,6 +272,7 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
                             "items": {"type": "array", "items": text, "minItems": 2, "maxItems": 2},
                         },
                         "model": model,
+                        "mode": mode,
                     },
                 },
             ]
@@ -291,12 +294,14 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
                 },
             ]
         },
-        "SparseRequest": {
+        "InputsRequest": {
             "type": "object",
             "required": ["inputs"],
             "properties": {"inputs": {"oneOf": [text, texts]}, "truncate": {"type": ["boolean", "null"]},
                            "model": model},
         },
+        "EmbedAllResponse": {"type": "array", "items": {"type": "array", "items": {
+            "type": "array", "items": {"type": "number"}}}},
         "SparseResponse": {"type": "array", "items": {"type": "array", "items": {
             "type": "object",
             "required": ["index", "value"],
@@ -436,11 +441,20 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
                             "SimilarityResponse"),
         "/embed_sparse": post(
             "Sparse lexical vectors (TEI's shape), from the tokens the dense vector is pooled from",
-            "SparseRequest",
+            "InputsRequest",
             "SparseResponse",
             "Per text, its distinct token ids with a weight each (the fourth root of the token's row norm, repeats "
             "saturating as in BM25), L2-normalized: a dot product of two is in [0, 1]. For hybrid search beside "
             "/embed; see docs/quality.md.",
+        ),
+        "/embed_all": post(
+            "Each token's vector (TEI's shape), for late-interaction search",
+            "InputsRequest",
+            "EmbedAllResponse",
+            "Per text, one vector per token, in order: the table rows (times the model's token weights) whose mean "
+            "/embed normalizes, not normalized themselves; a text without known tokens has none. At most "
+            f"{settings.max_token_vectors} tokens per request (413 beyond). /similarity with `\"mode\": "
+            '"maxsim"` scores texts by them.',
         ),
         "/tokenize": post("Token ids and strings that each text is pooled from", "TokenizeRequest", "TokenizeResponse"),
         "/health": {"get": {"summary": "Ready (the models load before the server listens)", "responses": {

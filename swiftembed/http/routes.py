@@ -79,6 +79,7 @@ class EmbeddingApi:
             Route("/embed/jsonl", "POST", self.embed_jsonl),
             Route("/embed/chunks", "POST", self.embed_chunks),
             Route("/embed_sparse", "POST", self.embed_sparse),
+            Route("/embed_all", "POST", self.embed_all),
             Route("/similarity", "POST", self.similarity),
             Route("/tokenize", "POST", self.tokenize),
             Route("/v1/models", "GET", self.list_models),
@@ -229,19 +230,31 @@ class EmbeddingApi:
         body = await self.read_json(scope, receive)
         try:
             served = self.model(body.get("model"))
-            texts = wire.parse_sparse(body, self.settings)
+            texts = wire.parse_inputs(body, self.settings)
         except ApiError as error:
             return error_answer(error, "tei")
         vectors, tokens = await self.service.sparse(texts, served)
         return Answer(wire.sparse_body(vectors), texts=len(texts), tokens=tokens, model=served.name)
 
+    async def embed_all(self, scope: Scope, receive: Receive) -> Answer:
+        """TEI's /embed_all: per text each token's vector (for late-interaction search), here the table rows the
+        text's mean is made of, from the same tokens as /embed."""
+        body = await self.read_json(scope, receive)
+        try:
+            served = self.model(body.get("model"))
+            texts = wire.parse_inputs(body, self.settings)
+            vectors, tokens = self.service.embed_all(texts, served)
+        except ApiError as error:
+            return error_answer(error, "tei")
+        return Answer(wire.token_vectors_body(vectors), texts=len(texts), tokens=tokens, model=served.name)
+
     async def similarity(self, scope: Scope, receive: Receive) -> Answer:
         body = await self.read_json(scope, receive)
         served = self.model(body.get("model"))
-        left, right, pairwise = wire.parse_similarity(body, self.settings)
-        scores, tokens = await self.service.similarity(left, right, served, pairwise)
-        return Answer(wire.json_bytes({"scores": scores if pairwise else scores[0]}), texts=len(left) + len(right),
-                      tokens=tokens, model=served.name)
+        req = wire.parse_similarity(body, self.settings)
+        scores, tokens = await self.service.similarity(req.left, req.right, served, req.pairwise, req.mode)
+        return Answer(wire.json_bytes({"scores": scores if req.pairwise else scores[0]}),
+                      texts=len(req.left) + len(req.right), tokens=tokens, model=served.name)
 
     async def tokenize(self, scope: Scope, receive: Receive) -> Answer:
         body = await self.read_json(scope, receive)

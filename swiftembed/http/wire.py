@@ -7,15 +7,15 @@ without a Python list in between, base64 and raw bodies are the array's own byte
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import orjson
+import pybase64
 
-from swiftembed.core.pooling import Precision
+from swiftembed.core.pooling import Precision, SimilarityMode
 from swiftembed.service import inputs
 from swiftembed.service.inputs import DEFAULT_OPTIONS, ApiError, Options, invalid, text
 from swiftembed.service.settings import Settings
@@ -173,7 +173,7 @@ def parse_cohere(obj: dict[str, Any], settings: Settings, dim: int, max_tokens: 
 def cohere_body(request_id: str, texts: list[str], by_type: dict[str, np.ndarray], tokens: int) -> bytes:
     """Cohere's `embeddings_by_type` answer; `base64` is each float32 vector's little-endian bytes."""
     embeddings: dict[str, Any] = {
-        kind: [base64.b64encode(_le_f32(row)).decode("ascii") for row in vectors] if kind == "base64" else vectors
+        kind: base64_rows(vectors) if kind == "base64" else vectors
         for kind, vectors in by_type.items()
     }
     return json_bytes({"id": request_id, "embeddings": embeddings, "texts": texts,
@@ -209,8 +209,7 @@ def parse_chunks(obj: dict[str, Any], settings: Settings, dim: int, max_tokens: 
 def chunks_body(spans: Sequence[Sequence[tuple[int, int]]], vectors: np.ndarray, model: str, tokens: int,
                 encoding_format: str) -> bytes:
     """`{"chunks": [[{"start", "end", "embedding"}, ...] per text], "model", "tokens"}`; rows in text order."""
-    rows = (base64.b64encode(_le_f32(row)).decode("ascii") for row in vectors) if encoding_format == "base64" \
-        else iter(vectors)
+    rows = iter(base64_rows(vectors) if encoding_format == "base64" else vectors)
     chunks = [[{"start": start, "end": end, "embedding": next(rows)} for start, end in text] for text in spans]
     return json_bytes({"chunks": chunks, "model": model, "tokens": tokens})
 
@@ -223,7 +222,7 @@ def chunk_lines(spans: Sequence[Sequence[tuple[int, int]]], vectors: np.ndarray,
     for at in range(0, len(keys), block):
         part = vectors[at : at + block]
         if encoding_format == "base64":
-            rows = [b'"%s"' % base64.b64encode(_le_f32(row)) for row in part]
+            rows = [b'"%s"' % pybase64.b64encode(_le_f32(row)) for row in part]
         else:
             rows = [b"[%s]" % row for row in _json_rows(part)]
         yield b"".join(
@@ -232,11 +231,18 @@ def chunk_lines(spans: Sequence[Sequence[tuple[int, int]]], vectors: np.ndarray,
         )
 
 
-def parse_similarity(obj: dict[str, Any], settings: Settings) -> tuple[list[str], list[str], bool]:
-    """`{"source": str, "targets": [str]}` (one against many) or `{"pairs": [[a, b], ...]}`.
+class SimilarityRequest(NamedTuple):
+    """Pairwise scores left[i]·right[i], else the source (left[0]) against each target."""
 
-    Returns (left texts, right texts, pairwise): pairwise scores left[i]·right[i], else source vs each target.
-    """
+    left: list[str]
+    right: list[str]
+    pairwise: bool
+    mode: SimilarityMode
+
+
+def parse_similarity(obj: dict[str, Any], settings: Settings) -> SimilarityRequest:
+    """`{"source": str, "targets": [str]}` (one against many) or `{"pairs": [[a, b], ...]}`, and `mode`."""
+    mode = inputs.similarity_mode(obj.get("mode"))
     if "pairs" in obj:
         pairs = obj["pairs"]
         if not isinstance(pairs, list) or not pairs:
@@ -250,12 +256,12 @@ def parse_similarity(obj: dict[str, Any], settings: Settings) -> tuple[list[str]
                 raise invalid(f"'pairs[{i}]' must be a list of two strings", "pairs")
             left.append(text(pair[0], f"pairs[{i}][0]", settings))
             right.append(text(pair[1], f"pairs[{i}][1]", settings))
-        return left, right, True
+        return SimilarityRequest(left, right, True, mode)
     if "source" not in obj or "targets" not in obj:
         raise invalid("give 'source' and 'targets', or 'pairs'", "source")
     source = text(obj["source"], "source", settings)
     targets = inputs.texts(obj["targets"], "targets", settings, allow_single=False)
-    return [source], targets, False
+    return SimilarityRequest([source], targets, False, mode)
 
 
 def parse_tokenize(obj: dict[str, Any], settings: Settings) -> list[str]:
@@ -265,9 +271,9 @@ def parse_tokenize(obj: dict[str, Any], settings: Settings) -> list[str]:
     return inputs.texts(obj[key], key, settings)
 
 
-def parse_sparse(obj: dict[str, Any], settings: Settings) -> list[str]:
-    """POST /embed_sparse, TEI's shape: `{"inputs": str | [str]}` (`truncate` accepted: texts are always cut at
-    the model's token limit, as for /embed)."""
+def parse_inputs(obj: dict[str, Any], settings: Settings) -> list[str]:
+    """POST /embed_sparse and /embed_all, TEI's shape: `{"inputs": str | [str]}` (`truncate` accepted: texts are
+    always cut at the model's token limit, as for /embed)."""
     if "inputs" not in obj:
         raise invalid("'inputs' is required", "inputs")
     inputs.flag(obj.get("truncate"), "truncate")
@@ -281,15 +287,19 @@ def json_bytes(value: Any) -> bytes:
 
 def openai_body(vectors: np.ndarray, model: str, tokens: int, encoding_format: str) -> bytes:
     if encoding_format == "base64":
-        data = [
-            {"object": "embedding", "index": i, "embedding": base64.b64encode(_le_f32(row)).decode("ascii")}
-            for i, row in enumerate(vectors)
-        ]
+        data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(base64_rows(vectors))]
     else:
         data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(vectors)]
     return json_bytes(
         {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
     )
+
+
+def base64_rows(vectors: np.ndarray) -> list[str]:
+    """Each row's little-endian float32 bytes in base64, as the OpenAI API sends `encoding_format=base64`.
+
+    pybase64 (SIMD) per row: 44 us for 100 rows of 256 floats against the stdlib's 124 (the whole request ~600)."""
+    return [pybase64.b64encode_as_string(_le_f32(row)) for row in vectors]
 
 
 def _le_f32(array: np.ndarray) -> memoryview:
@@ -321,6 +331,12 @@ def jsonl_lines(indices: Sequence[int], vectors: np.ndarray) -> bytes:
 def _json_rows(vectors: np.ndarray) -> list[bytes]:
     """Each row's JSON numbers (without brackets) from one orjson call on the whole (non-empty) array."""
     return orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+
+
+def token_vectors_body(vectors: Sequence[np.ndarray]) -> bytes:
+    """TEI's /embed_all answer: per text a list of its token vectors."""
+    return b"[%s]" % b",".join(orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY) if len(v) else b"[]"
+                               for v in vectors)
 
 
 def sparse_body(vectors: Sequence[tuple[np.ndarray, np.ndarray]]) -> bytes:

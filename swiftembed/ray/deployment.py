@@ -28,7 +28,7 @@ from ray.serve.metrics import Counter, Histogram
 
 from swiftembed.core.catalog import Catalog, Served
 from swiftembed.core.chunking import Chunk
-from swiftembed.core.pooling import Precision
+from swiftembed.core.pooling import Precision, SimilarityMode
 from swiftembed.core.sparse import SparseVector
 from swiftembed.grpc.server import GrpcServer
 from swiftembed.http.frontdoor import NO_MODEL
@@ -299,15 +299,28 @@ class SwiftEmbedDeployment:
             call.texts = len(batch)
         return vectors[0] if isinstance(texts, str) else vectors
 
-    async def similarity(self, a: str | list[str], b: str | list[str], *, model: str | None = None) -> np.ndarray:
-        """Cosine similarity matrix between the texts of `a` and of `b`, as /similarity scores them."""
+    async def embed_all(self, texts: str | list[str], *, model: str | None = None) -> list[np.ndarray] | np.ndarray:
+        """Each text's token vectors (tokens x dim, not normalized), as `Embedder.token_vectors` gives them and
+        /embed_all answers (one string: its array); 413 beyond `max_token_vectors` tokens."""
+        with self.call("embed_all") as call:
+            served = call.model = self.service.model(model)
+            batch = inputs.texts(texts, "texts", self.settings)
+            vectors, call.tokens = self.service.embed_all(batch, served)
+            call.texts = len(batch)
+        return vectors[0] if isinstance(texts, str) else vectors
+
+    async def similarity(self, a: str | list[str], b: str | list[str], *, model: str | None = None,
+                         mode: SimilarityMode = "mean") -> np.ndarray:
+        """Cosine similarity matrix between the texts of `a` and of `b`, as /similarity scores them (`mode`
+        "maxsim": late interaction over their token vectors)."""
         with self.call("similarity") as call:
             served = call.model = self.service.model(model)
+            mode = inputs.similarity_mode(mode)
             left, right = inputs.texts(a, "a", self.settings), inputs.texts(b, "b", self.settings)
             if len(left) + len(right) > self.settings.max_texts:
                 raise ApiError(413, f"{len(left) + len(right)} texts; the limit is {self.settings.max_texts}",
                                param="b", code="too_many_texts")
-            scores, call.tokens = await self.service.similarity(left, right, served, pairwise=False)
+            scores, call.tokens = await self.service.similarity(left, right, served, pairwise=False, mode=mode)
             call.texts = len(left) + len(right)
         return scores
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from swiftembed.core.pooling import PRECISIONS, Precision
+from swiftembed.core.pooling import PRECISIONS, SIMILARITY_MODES, Precision, SimilarityMode
 from swiftembed.service.settings import Settings
 
 
@@ -133,6 +133,14 @@ def precision(value: object) -> Precision:
         return "float32"
     if value not in PRECISIONS:
         raise invalid(f"'precision' must be one of {', '.join(PRECISIONS)}", "precision")
+    return value  # type: ignore[return-value]
+
+
+def similarity_mode(value: object) -> SimilarityMode:
+    if value is None:
+        return "mean"
+    if value not in SIMILARITY_MODES:
+        raise invalid(f"'mode' must be one of {', '.join(SIMILARITY_MODES)}", "mode")
     return value  # type: ignore[return-value]
 
 

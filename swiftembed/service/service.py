@@ -18,7 +18,7 @@ from swiftembed import __version__
 from swiftembed.core.catalog import Catalog, Served, UnknownModel
 from swiftembed.core.chunking import finish_chunks
 from swiftembed.core.embedder import Embedder
-from swiftembed.core.pooling import Precision
+from swiftembed.core.pooling import Precision, SimilarityMode, maxsim
 from swiftembed.core.sparse import SparseVector
 from swiftembed.service.batcher import Backend, Pooled
 from swiftembed.service.inputs import DEFAULT_OPTIONS, ApiError, Options, invalid
@@ -117,9 +117,23 @@ class EmbeddingService:
         """Per text its distinct token ids with weights (swiftembed/core/sparse.py), and the tokens."""
         return await self.backend.sparse(texts, served)
 
-    async def similarity(self, left: list[str], right: list[str], served: Served, pairwise: bool) -> Embedded:
+    def embed_all(self, texts: list[str], served: Served) -> tuple[list[np.ndarray], int]:
+        """Per text its token vectors (tokens x dim, not normalized: TEI's /embed_all), and the tokens; 413 beyond
+        `max_token_vectors` tokens. No batching: there is no pooling to share, only rows to copy out."""
+        embedder = served.embedder
+        batch = embedder.tokens(texts)
+        if len(batch.ids) > self.settings.max_token_vectors:
+            raise ApiError(413, f"the texts have {len(batch.ids)} tokens; the limit is "
+                                f"{self.settings.max_token_vectors} token vectors per request", code="too_many_tokens")
+        return embedder.token_vectors(batch), len(batch.ids)  # type: ignore[return-value]
+
+    async def similarity(self, left: list[str], right: list[str], served: Served, pairwise: bool,
+                         mode: SimilarityMode = "mean") -> Embedded:
         """Cosine similarities: left[i] with right[i] (`pairwise`), else the matrix of every left with every right;
-        both sides pooled in one kernel call."""
+        both sides pooled in one kernel call. `maxsim` scores late interaction instead (see `maxsim`)."""
+        if mode == "maxsim":
+            vectors, tokens = self.embed_all(left + right, served)
+            return Embedded(maxsim(vectors[: len(left)], vectors[len(left) :], pairwise), tokens)
         pooled = await self.backend.pool(left + right, served)
         vectors = served.embedder.finish(pooled.sums, normalize=True, inplace=True)
         a, b = vectors[: len(left)], vectors[len(left) :]

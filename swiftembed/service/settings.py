@@ -32,6 +32,9 @@ class Settings:
     body_chunk_timeout_s / body_timeout_s: the longest wait for the next piece of a request body, and for a whole
         JSON body; beyond either the request gets 408 and frees its slot (a client that sends part of a body and
         goes quiet cannot hold a slot). The streamed /embed/jsonl route has only the per-chunk limit.
+    max_token_vectors: token vectors per /embed_all request (and handle or gRPC call), TEI's `max_batch_tokens`
+        default; 413 beyond. A token vector is a whole row (1 KB as float32, ~3 KB as JSON), so the answer, not the
+        work, is what this bounds.
     max_batch_size / batch_wait_timeout_s: the most requests merged into one kernel call, and how long a batch
         may wait for more (0: only for requests already in the event loop's turn). Under Ray Serve a deployment's
         `user_config` changes them live.
@@ -46,6 +49,7 @@ class Settings:
     max_jsonl_bytes: int = 256 * 1024 * 1024
     max_jsonl_lines: int = 1_000_000
     max_document_chars: int = 4_000_000
+    max_token_vectors: int = 16_384
     api_key: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
     max_concurrency: int = 256
@@ -57,7 +61,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         limits = ("max_texts", "max_chars", "max_body_bytes", "max_jsonl_bytes", "max_jsonl_lines", "max_concurrency",
-                  "max_document_chars", "max_batch_size")
+                  "max_document_chars", "max_token_vectors", "max_batch_size")
         for name in limits:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
@@ -107,6 +111,7 @@ class Settings:
             "max_jsonl_bytes": self.max_jsonl_bytes,
             "max_jsonl_lines": self.max_jsonl_lines,
             "max_document_chars": self.max_document_chars,
+            "max_token_vectors": self.max_token_vectors,
             "body_chunk_timeout_s": self.body_chunk_timeout_s,
             "body_timeout_s": self.body_timeout_s,
             "max_batch_size": self.max_batch_size,
