@@ -17,7 +17,6 @@ import pytest
 
 from swiftembed.grpc import tei_pb2 as pb
 from swiftembed.grpc import tei_pb2_grpc as rpc
-from swiftembed.service.service import EmbeddingService
 from tests.servers import free_port, standalone_server, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +25,6 @@ GENERATED = ("tei_pb2.py", "tei_pb2.pyi", "tei_pb2_grpc.py")
 KEY = "s3cret"
 TEXTS = ["", "Hello world!", "A man with a hard hat is dancing.", "Café naïve résumé Ångström", "東京は日本の首都です",
          "qzxvbnm xqjzk", "the the the dog dog", "word " * 700]
-needs_embed_all = pytest.mark.skipif(not hasattr(EmbeddingService, "embed_all"),
-                                     reason="EmbeddingService.embed_all is not on this branch yet")
 
 
 class Servers:
@@ -51,9 +48,9 @@ def server():
 
 @pytest.fixture(scope="module")
 def strict():
-    """API key, 4 texts a request, 20 characters a text, longer ones refused."""
+    """API key, 4 texts a request, 20 characters a text (longer ones refused), 8 token vectors a request."""
     port = free_port()
-    env = {"SWIFTEMBED_API_KEY": KEY, "SWIFTEMBED_MAX_TEXTS": "4"}
+    env = {"SWIFTEMBED_API_KEY": KEY, "SWIFTEMBED_MAX_TEXTS": "4", "SWIFTEMBED_MAX_TOKEN_VECTORS": "8"}
     with standalone_server("--grpc-port", str(port), "--max-chars", "20", "--long-text", "reject", env=env) as url:
         servers = Servers(url, port)
         yield servers
@@ -153,7 +150,6 @@ def test_tokenize_equals_http(server, embedders):
             assert not any(t.special or t.HasField("start") for a in got for t in a.tokens)
 
 
-@needs_embed_all
 def test_embed_all_equals_http(server, embedders):
     for name in embedders:
         meta = (("model", name),)
@@ -179,9 +175,9 @@ def test_info_agrees_with_http(server, embedders):
     assert server.info.Info(pb.InfoRequest(), metadata=(("model", other),)).model_id == embedders[other].model_id
 
 
-def http_error(url: str, body: dict, headers: dict | None = None) -> tuple[int, str]:
-    """HTTP's status and message for the same input as TEI's /embed body."""
-    r = httpx.post(f"{url}/embed", json=body, headers=headers or {"Authorization": f"Bearer {KEY}"}, timeout=30)
+def http_error(url: str, body: dict, headers: dict | None = None, route: str = "/embed") -> tuple[int, str]:
+    """HTTP's status and message for the same input as TEI's body on `route`."""
+    r = httpx.post(f"{url}{route}", json=body, headers=headers or {"Authorization": f"Bearer {KEY}"}, timeout=30)
     answer = r.json()
     return r.status_code, answer["error"]["message"] if isinstance(answer["error"], dict) else answer["error"]
 
@@ -209,6 +205,10 @@ def test_errors_have_teis_codes_and_https_messages(strict, server):
     error = error_of(lambda: strict.embed.Embed(pb.EmbedRequest(inputs="a"),
                                                 metadata=(*AUTH, ("model", "text-embedding-3-small"))))
     assert (status, error.code(), error.details()) == (404, code.NOT_FOUND, message)
+    # More token vectors than max_token_vectors: HTTP 413, gRPC INVALID_ARGUMENT (TEI's code for validation).
+    status, message = http_error(strict.url, {"inputs": "a b c d e f g h i j"}, route="/embed_all")
+    error = error_of(lambda: strict.embed.EmbedAll(pb.EmbedAllRequest(inputs="a b c d e f g h i j"), metadata=AUTH))
+    assert (status, error.code(), error.details()) == (413, code.INVALID_ARGUMENT, message)
     # One text per message: max_texts bounds HTTP's lists, not a stream's length.
     answers = list(strict.embed.EmbedStream(iter([pb.EmbedRequest(inputs="a dog")] * 10), metadata=AUTH))
     assert len(answers) == 10
