@@ -67,3 +67,42 @@ def test_benchmarks_doc_is_generated_from_the_committed_run():
         json.loads(encodings.read_text()) if encodings.exists() else None, "benchmarks/results/encodings.json",
     )
     assert (ROOT / "docs" / "benchmarks.md").read_text() == expected, "run benchmarks/report.py"
+
+
+def test_grpc_noop_answers_the_real_answers_size(embedder):
+    """benchmarks/noop_grpc.py, the gRPC baseline, answers Embed and EmbedStream with a message the size of the real
+    server's answer, and bench_grpc.py's pre-encoded bodies are the framing grpcio itself sends."""
+    import subprocess
+    import sys
+
+    import grpc
+
+    from benchmarks.bench_grpc import frame
+    from swiftembed.grpc import tei_pb2 as pb
+    from swiftembed.grpc import tei_pb2_grpc as rpc
+    from tests.servers import free_port, stop_process
+
+    port = free_port()
+    noop = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "noop_grpc.py"), str(port)],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert noop.stdout is not None and noop.stdout.readline().startswith("READY")
+        text = "A man with a hard hat is dancing number 0."
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = rpc.EmbedStub(channel)
+            answer = stub.Embed(pb.EmbedRequest(inputs=text, normalize=True))
+            streamed = list(stub.EmbedStream(iter([pb.EmbedRequest(inputs=text)] * 3)))
+        real = pb.EmbedResponse(embeddings=embedder.encode(text).tolist(),
+                                metadata=pb.Metadata(compute_chars=len(text), compute_tokens=11, total_time_ns=12_345))
+        assert abs(answer.ByteSize() - real.ByteSize()) <= 4 and len(streamed) == 3  # varint widths of the times
+    finally:
+        stop_process(noop)
+    message = pb.EmbedRequest(inputs=text).SerializeToString()
+    assert frame(message) == b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def test_grpc_results_hold_every_case_and_ratio():
+    data = json.loads((ROOT / "benchmarks" / "results" / "grpc.json").read_text())
+    assert {"command", "date", "commit", "machine", "tool", "results", "ratios", "runs"} <= set(data)
+    assert {"single | http", "single | grpc", "batch-100 | http", "batch-100 | grpc"} <= set(data["results"])
+    assert "single | grpc / http" in data["ratios"] and data["grpc_failed_at_server"] == 0

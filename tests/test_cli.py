@@ -98,3 +98,18 @@ def test_env_turns_on_rays_token_auth_and_names_the_token_file_never_the_token(t
     assert main(["env", "--auth", "disabled"]) == 0
     printed = capsys.readouterr().out
     assert "export RAY_AUTH_MODE=disabled" in printed.splitlines() and "RAY_AUTH_TOKEN" not in printed
+
+
+def test_grpc_port_flag_reaches_the_settings(capsys):
+    """--grpc-port is a Settings field like the other limits (default off), and TEI's gRPC API runs beside each
+    replica's own HTTP server: another ingress is refused before any Ray starts."""
+    from swiftembed.cli import build_parser, settings_from_args
+    from swiftembed.service.settings import Settings
+
+    assert Settings().grpc_port is None
+    args = build_parser().parse_args(["serve", "--grpc-port", "50051"])
+    assert settings_from_args(args).grpc_port == 50051
+    assert main(["serve", "--grpc-port", "0"]) == 2
+    assert "grpc_port must be a TCP port" in capsys.readouterr().err
+    assert main(["serve", "--ingress", "proxy", "--grpc-port", "50051"]) == 2
+    assert "--grpc-port needs the replica ingress" in capsys.readouterr().err

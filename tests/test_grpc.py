@@ -170,6 +170,7 @@ def test_info_agrees_with_http(server, embedders):
     assert (info.model_id, info.model_sha, info.model_dtype) == (http["model"], http["checksum"], http["table_dtype"])
     assert info.model_type == pb.MODEL_TYPE_EMBEDDING and info.version == http["version"]
     assert info.max_input_length == http["max_tokens"] and info.max_client_batch_size == http["limits"]["max_texts"]
+    assert info.max_batch_tokens == http["limits"]["max_token_vectors"]
     assert http["limits"]["grpc_port"] == int(server.channel._channel.target().decode().rsplit(":", 1)[1])
     other = list(embedders)[1]
     assert server.info.Info(pb.InfoRequest(), metadata=(("model", other),)).model_id == embedders[other].model_id

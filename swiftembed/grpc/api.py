@@ -99,8 +99,7 @@ class TeiApi:
             version=__version__, model_id=served.model_id, model_sha=e.checksum, model_dtype=e.model.table_dtype,
             model_type=pb.MODEL_TYPE_EMBEDDING, max_concurrent_requests=settings.max_concurrency,
             max_input_length=e.max_tokens or 0,
-            # No token budget per batch here: the most tokens one call may bring (TEI's client batch is max_texts).
-            max_batch_tokens=min(settings.max_texts * (e.max_tokens or 0), 2**32 - 1),
+            max_batch_tokens=settings.max_token_vectors,  # EmbedAll's bound (pooling has no token budget)
             max_batch_requests=settings.max_batch_size, max_client_batch_size=settings.max_texts,
             tokenization_workers=1,  # tokenization runs on the server's event loop
         ), 0, 0
