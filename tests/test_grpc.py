@@ -221,9 +221,14 @@ def test_errors_have_teis_codes_and_https_messages(strict, server):
     error = error_of(lambda: got.extend(stream))
     assert len(got) == 2 and error.code() == code.INVALID_ARGUMENT and "30 characters" in error.details()
     # What TEI lets a client ask that a static model cannot do is refused, not ignored.
-    for request in (pb.EmbedRequest(inputs="a", prompt_name="query"),
-                    pb.EmbedRequest(inputs="a", truncation_direction=pb.TRUNCATION_DIRECTION_LEFT)):
-        assert error_of(lambda r=request: server.embed.Embed(r)).code() == code.INVALID_ARGUMENT
+    # HTTP's TEI routes refuse them with the same message.
+    for request, body in ((pb.EmbedRequest(inputs="a", prompt_name="query"), {"inputs": "a", "prompt_name": "query"}),
+                          (pb.EmbedRequest(inputs="a", truncation_direction=pb.TRUNCATION_DIRECTION_LEFT),
+                           {"inputs": "a", "truncation_direction": "Left"})):
+        error = error_of(lambda r=request: server.embed.Embed(r))
+        for route in ("/embed", "/embed_sparse", "/embed_all"):
+            assert http_error(server.url, body, route=route) == (422, error.details())
+        assert error.code() == code.INVALID_ARGUMENT
     # An empty text is what HTTP makes of {"inputs": ""}: the zero vector.
     empty = httpx.post(f"{server.url}/embed", json={"inputs": ""}, timeout=30).json()
     assert server.embed.Embed(pb.EmbedRequest(inputs="", normalize=True)).embeddings == pytest.approx(empty[0])

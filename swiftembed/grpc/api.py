@@ -25,7 +25,7 @@ from swiftembed import __version__
 from swiftembed.core.catalog import Served
 from swiftembed.grpc import tei_pb2 as pb
 from swiftembed.service import inputs
-from swiftembed.service.inputs import OVERLOADED, UNAUTHORIZED, ApiError, Options, invalid
+from swiftembed.service.inputs import OVERLOADED, UNAUTHORIZED, ApiError, Options
 from swiftembed.service.metrics import GRPC_ROUTE, NO_MODEL, Metrics
 from swiftembed.service.service import EmbeddingService
 
@@ -33,7 +33,7 @@ log = logging.getLogger("swiftembed")
 
 MODEL_KEY = "model"  # call metadata naming the served model (TEI's messages have no model field)
 INTERNAL_ERROR = ApiError(500, "internal error", type="server_error", code="internal_error")
-RIGHT, NO_PROMPTS = pb.TRUNCATION_DIRECTION_RIGHT, "'prompt_name' is not supported: the served models have no prompts"
+RIGHT = pb.TRUNCATION_DIRECTION_RIGHT
 
 
 def status_code(error: ApiError) -> grpc.StatusCode:
@@ -132,11 +132,8 @@ class TeiApi:
         models cannot do (a prompt, cutting at the start) is refused rather than ignored."""
         if not rpc.has_text:
             return Message(request, "", start)
-        if getattr(request, "truncation_direction", RIGHT) != RIGHT:
-            raise invalid("'truncation_direction' must be Right: texts are cut at the model's token limit, at their "
-                          "end", "truncation_direction")
-        if request.HasField("prompt_name"):
-            raise invalid(NO_PROMPTS, "prompt_name")
+        inputs.tei_extras(getattr(request, "truncation_direction", RIGHT) != RIGHT,
+                          request.prompt_name if request.HasField("prompt_name") else None)
         (text,) = inputs.texts(request.inputs, "inputs", self.settings)
         return Message(request, text, start)
 

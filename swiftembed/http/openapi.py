@@ -58,6 +58,10 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
 
     text = {"type": "string", "maxLength": settings.max_chars} if settings.long_text == "reject" else {"type": "string"}
     texts = {"type": "array", "items": text, "minItems": 1, "maxItems": settings.max_texts}
+    tei_extras = {  # accepted as TEI has them; Left and any prompt are refused (422): a static model has neither
+        "truncation_direction": {"type": ["string", "null"], "enum": ["Right", "right", "Left", "left", None]},
+        "prompt_name": {"type": ["string", "null"]},
+    }
     mode = {"type": ["string", "null"], "enum": [*SIMILARITY_MODES, None],
             "description": "mean: cosine of the mean vectors (default); maxsim: late interaction over token vectors"}
     flag = {"type": ["boolean", "null"]}
@@ -111,6 +115,7 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
                         "inputs": {"oneOf": [text, texts]},
                         "normalize": flag,
                         "truncate": flag,
+                        **tei_extras,
                         "dimensions": dimensions(dim),
                         "model": model,
                     },
@@ -298,7 +303,7 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
             "type": "object",
             "required": ["inputs"],
             "properties": {"inputs": {"oneOf": [text, texts]}, "truncate": {"type": ["boolean", "null"]},
-                           "model": model},
+                           **tei_extras, "model": model},
         },
         "EmbedAllResponse": {"type": "array", "items": {"type": "array", "items": {
             "type": "array", "items": {"type": "number"}}}},

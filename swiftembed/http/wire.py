@@ -103,6 +103,7 @@ def parse_embed(obj: dict[str, Any], settings: Settings, dim: int) -> tuple[Embe
     if "inputs" in obj:  # TEI: normalize defaults to true; `truncate` is accepted (we always truncate)
         texts = inputs.texts(obj["inputs"], "inputs", settings)
         inputs.flag(obj.get("truncate"), "truncate")
+        _tei_extras(obj)
         normalize = inputs.flag(obj.get("normalize"), "normalize")
         normalize = True if normalize is None else normalize
         options = Options(normalize=normalize, dimensions=inputs.dimensions(obj.get("dimensions"), dim))
@@ -277,7 +278,16 @@ def parse_inputs(obj: dict[str, Any], settings: Settings) -> list[str]:
     if "inputs" not in obj:
         raise invalid("'inputs' is required", "inputs")
     inputs.flag(obj.get("truncate"), "truncate")
+    _tei_extras(obj)
     return inputs.texts(obj["inputs"], "inputs", settings)
+
+
+def _tei_extras(obj: dict[str, Any]) -> None:
+    """TEI's `truncation_direction` ("Right" or "Left") and `prompt_name`, checked as gRPC checks them."""
+    direction = obj.get("truncation_direction")
+    if direction not in (None, "Right", "right", "Left", "left"):
+        raise invalid("'truncation_direction' must be Right or Left", "truncation_direction")
+    inputs.tei_extras(direction in ("Left", "left"), obj.get("prompt_name"))
 
 
 # Responses -----------------------------------------------------------------------------------------------------

@@ -55,6 +55,16 @@ def bearer(settings: Settings) -> bytes | None:
     return f"Bearer {settings.api_key}".encode() if settings.api_key else None
 
 
+def tei_extras(cut_at_start: bool, prompt_name: object) -> None:
+    """What TEI lets a request ask that a static model cannot do, refused rather than ignored (HTTP and gRPC alike):
+    cutting a long text at its start, and a prompt (the served models have none)."""
+    if cut_at_start:
+        raise invalid("'truncation_direction' must be Right: texts are cut at the model's token limit, at their end",
+                      "truncation_direction")
+    if prompt_name is not None:
+        raise invalid("'prompt_name' is not supported: the served models have no prompts", "prompt_name")
+
+
 def kind(value: object) -> str:
     """A value's JSON type name, for messages."""
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
