@@ -58,9 +58,9 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
 
     text = {"type": "string", "maxLength": settings.max_chars} if settings.long_text == "reject" else {"type": "string"}
     texts = {"type": "array", "items": text, "minItems": 1, "maxItems": settings.max_texts}
-    tei_extras = {  # accepted as TEI has them; Left and any prompt are refused (422): a static model has neither
-        "truncation_direction": {"type": ["string", "null"], "enum": ["Right", "right", "Left", "left", None]},
-        "prompt_name": {"type": ["string", "null"]},
+    tei_extras = {  # TEI's fields, with what a static model can do: cut at the end, no prompts (else 422)
+        "truncation_direction": {"type": ["string", "null"], "enum": ["Right", "right", None]},
+        "prompt_name": {"type": "null", "description": "the served models have no prompts"},
     }
     mode = {"type": ["string", "null"], "enum": [*SIMILARITY_MODES, None],
             "description": "mean: cosine of the mean vectors (default); maxsim: late interaction over token vectors"}
