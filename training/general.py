@@ -249,8 +249,9 @@ A general-purpose static token table trained by SwiftEmbed (`training/general.py
 """
 
 
-def main() -> None:
-    parser = run_parser(__doc__)
+def build_parser(description: str | None = __doc__) -> argparse.ArgumentParser:
+    """The general recipe's arguments, shared with training/larger.py, which refines its distilled rows with them."""
+    parser = run_parser(description)
     parser.add_argument("--wordnet", type=int, default=100_000, help="WordNet glosses and examples")
     parser.add_argument("--lemmas", type=int, default=60_000, help="WordNet lemmas (words and collocations)")
     parser.add_argument("--fortunes", type=int, default=30_000, help="fortunes sentences (at most ~21,600 exist)")
@@ -271,7 +272,11 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float16")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-negation-phrases", dest="negation_phrases", action="store_false")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     start_run(args)
     result = train(args)
     table, summary = save_model(args, result)
