@@ -109,6 +109,22 @@ def distilled_table(raw: np.ndarray, dims: int, sif: float) -> np.ndarray:
     return (table * compute_weights(len(table), sif_coefficient=sif)[:, None]).astype(np.float32)
 
 
+def start_from(table: np.ndarray, tokenizer_json: str, base: Embedder) -> tuple[np.ndarray, int]:
+    """`table` with every token that `base` also has (same string) given `base`'s row, and every other row mapped
+    into `base`'s space by a ridge fit over the shared tokens: the new words join rows that were already trained
+    (potion-base-8M's pieces are bert-base-uncased's, as all-MiniLM-L6-v2's). Returns the table and how many
+    rows were taken."""
+    vocab = json.loads(tokenizer_json)["model"]["vocab"]
+    theirs = base.model.tokenizer.get_vocab()
+    shared = [(i, theirs[t]) for t, i in vocab.items() if t in theirs and theirs[t] < len(base.table)]
+    ours, rows = np.array([i for i, _ in shared]), np.array([j for _, j in shared])
+    x, y = table[ours].astype(np.float64), base.table[rows].astype(np.float64)
+    w = np.linalg.solve(x.T @ x + 1e-2 * np.eye(x.shape[1]), x.T @ y)
+    out = (table.astype(np.float64) @ w).astype(np.float32)
+    out[ours] = base.table[rows]
+    return out, len(shared)
+
+
 def write_distilled(out: Path, tokenizer_json: str, table: np.ndarray) -> None:
     """A model2vec directory of the distilled rows (float32): the base the refinement starts from."""
     from safetensors.numpy import save_file
@@ -201,6 +217,9 @@ def main() -> None:
     parser.add_argument("--row-norm", type=float, default=97.0,
                         help="median row norm to scale the distilled table to (potion-base-8M's: 97.3)")
     parser.add_argument("--refine-epochs", type=int, default=20, help="general.py epochs over the rows; 0: none")
+    parser.add_argument("--start", type=Path, default=None,
+                        help="a model (e.g. potion-base-8M) whose rows replace the distilled rows of the tokens it "
+                             "shares; the other rows are mapped into its space (needs --dims equal to its width)")
     parser.add_argument("--store", choices=["float32", "float16", "int8"], default="int8")
     parser.set_defaults(sparse=True, epochs=0)  # 100,000 rows more: dense Adam steps cost 133 s an epoch here
     args = parser.parse_args()
@@ -211,11 +230,14 @@ def main() -> None:
     # A common factor leaves every served vector unchanged (mean, then unit length), but Adam's steps are absolute:
     # at potion-base-8M's scale, general.py's learning rate moves rows by the same fraction as it did there.
     table *= args.row_norm / float(np.median(np.linalg.norm(table, axis=1)))
+    taken = 0
+    if args.start is not None:
+        table, taken = start_from(table, tokenizer_json, Embedder.load(args.start))
     base = CACHE / f"base-{args.out.name}"
     write_distilled(base, tokenizer_json, table)
     summary: dict[str, object] = {"seed": args.seed, "words": args.words, "dims": int(table.shape[1]),
                                   "sif": args.sif, "row_norm": args.row_norm, "refine_epochs": args.refine_epochs,
-                                  "store": args.store,
+                                  "store": args.store, "start": str(args.start), "rows_from_start": taken,
                                   "words_added": words_added(tokenizer_json, words), "distilled_rows": len(raw)}
     if args.refine_epochs:
         args.base, args.epochs, args.dtype = base, args.refine_epochs, "float32"
