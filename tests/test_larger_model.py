@@ -47,6 +47,25 @@ def test_int8_storage_keeps_rows(tmp_path):
     assert store(tmp_path, table, "float16") > 0.99999
 
 
+def test_start_from_takes_the_shared_rows():
+    """--start: a token the trained model also has gets its trained row; the others are mapped into its space."""
+    import json
+
+    from swiftembed import Embedder
+    from training.larger import start_from
+
+    base = Embedder.load()
+    vocab = base.model.tokenizer.get_vocab()
+    words = ["the", "good", "film", "zzyzxqq"]
+    tokenizer_json = json.dumps({"model": {"vocab": {w: i for i, w in enumerate(words)}}})
+    table = np.random.default_rng(2).normal(size=(len(words), base.dim)).astype(np.float32)
+    out, taken = start_from(table, tokenizer_json, base)
+    assert taken == 3 and out.shape == table.shape and out.dtype == np.float32
+    for i, word in enumerate(words[:3]):
+        np.testing.assert_array_equal(out[i], base.table[vocab[word]])
+    assert np.isfinite(out[3]).all() and not np.allclose(out[3], table[3])
+
+
 bundled = pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason=f"{NAME} is not bundled")
 
 

