@@ -133,7 +133,9 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     fit_a, fit_b = Batches(base, [p.a for p in fit]), Batches(base, [p.b for p in fit])
     fit_y = torch.tensor([p.score for p in fit], dtype=torch.float32)
     corpus_bags = Batches(base, corpus)
-    table = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(base.table.copy()), freeze=False, mode="sum")
+    sparse = getattr(args, "sparse", False)
+    table = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(base.table.copy()), freeze=False, mode="sum",
+                                                  sparse=sparse)
     # The map from student to teacher space starts at the least-squares fit of the base, so early steps move rows
     # towards the teacher instead of fitting a random map.
     start_x = F.normalize(table(*corpus_bags.bag(train_rows[:20_000])), dim=-1).detach().double()
@@ -142,8 +144,13 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     readout = torch.nn.Linear(base.dim, teacher.shape[1], bias=False)
     readout.weight.data = w0.T.float().contiguous()
     head = torch.nn.Linear(base.dim, 1)  # the sentiment head (--sentiment)
-    optimizer = torch.optim.Adam([{"params": table.parameters(), "lr": args.lr},
-                                  {"params": [*readout.parameters(), *head.parameters()], "lr": args.readout_lr}])
+    maps = [*readout.parameters(), *head.parameters()]
+    if sparse:  # a large table: only the rows a step touches get a gradient and an Adam update (lazy moments)
+        optimizers = [torch.optim.SparseAdam(list(table.parameters()), lr=args.lr),
+                      torch.optim.Adam(maps, lr=args.readout_lr)]
+    else:
+        optimizers = [torch.optim.Adam([{"params": table.parameters(), "lr": args.lr},
+                                        {"params": maps, "lr": args.readout_lr}])]
 
     def embed(bags: Batches, rows: Sequence[int]):
         return F.normalize(table(*bags.bag(rows)), dim=-1)
@@ -184,16 +191,18 @@ def train(args: argparse.Namespace) -> dict[str, object]:
                 loss = loss + args.sts * cosent_loss(cos, fit_y[pairs])
             if scores is not None:
                 loss = loss + args.sentiment * F.mse_loss(head(student).squeeze(-1), scores[rows])
-            optimizer.zero_grad()
+            for optimizer in optimizers:
+                optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
         history.append(validate(epoch))
         log.info("epoch %d: %s (%.0f s)", epoch, history[-1], time.perf_counter() - start)
         if history[-1]["score"] > best["figures"]["score"]:
             best = {"figures": history[-1], "table": table.weight.detach().clone()}
     settings = {k: getattr(args, k) for k in ("seed", "epochs", "steps", "lr", "readout_lr", "direct", "relational",
                                               "sts", "sentiment", "batch", "corpus_batch", "held_out", "wordnet",
-                                              "lemmas", "fortunes")}
+                                              "lemmas", "fortunes", "sparse")}
     return {
         "table": best["table"].numpy(),
         "base": base,
@@ -249,8 +258,9 @@ A general-purpose static token table trained by SwiftEmbed (`training/general.py
 """
 
 
-def main() -> None:
-    parser = run_parser(__doc__)
+def build_parser(description: str | None = __doc__) -> argparse.ArgumentParser:
+    """The general recipe's arguments, shared with training/larger.py, which refines its distilled rows with them."""
+    parser = run_parser(description)
     parser.add_argument("--wordnet", type=int, default=100_000, help="WordNet glosses and examples")
     parser.add_argument("--lemmas", type=int, default=60_000, help="WordNet lemmas (words and collocations)")
     parser.add_argument("--fortunes", type=int, default=30_000, help="fortunes sentences (at most ~21,600 exist)")
@@ -271,7 +281,13 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float16")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-negation-phrases", dest="negation_phrases", action="store_false")
-    args = parser.parse_args()
+    parser.add_argument("--sparse", action="store_true",
+                        help="sparse row gradients and SparseAdam: a step updates only the rows it used (large tables)")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     start_run(args)
     result = train(args)
     table, summary = save_model(args, result)
