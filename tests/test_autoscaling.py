@@ -41,8 +41,8 @@ def scaled_config(port: int, ingress: str) -> dict:
         args.update(http_port=port, http_host="127.0.0.1", http_drain_s=1)
     else:
         config["proxy_location"] = "HeadOnly"
-        for key in ("http_port", "http_host", "http_drain_s"):
-            del args[key]
+        for key in ("http_port", "http_host", "http_drain_s", "grpc_port"):  # gRPC runs beside a replica's own HTTP
+            args.pop(key, None)
     (deployment,) = config["applications"][0]["deployments"]
     deployment["autoscaling_config"] = {**deployment["autoscaling_config"], **SCALED}
     deployment["ray_actor_options"] = {"num_cpus": 0.5}
