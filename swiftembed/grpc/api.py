@@ -143,12 +143,7 @@ class TeiApi:
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
-            try:
-                self.refuse(context)
-                served = self.model(context)
-            except ApiError as error:
-                self.metrics.request(route, error.status, (time.perf_counter() - start) * 1e3, 0, 0, NO_MODEL)
-                return await context.abort(status_code(error), error.message)
+            served = await self.admit(route, context, start)
             answer = await self.answer(route, rpc, request, start, served)
             if isinstance(answer, ApiError):
                 await context.abort(status_code(answer), answer.message)
@@ -156,6 +151,17 @@ class TeiApi:
 
         return grpc.unary_unary_rpc_method_handler(call, request_deserializer=rpc.request_type.FromString,
                                                    response_serializer=_serialize)
+
+    async def admit(self, route: str, context: grpc.aio.ServicerContext, start: float) -> Served:
+        """The key, the concurrency bound and the model, checked once per call (a stream: when it opens); a refusal
+        counts in the metrics and ends the call (`abort` raises)."""
+        try:
+            self.refuse(context)
+            return self.model(context)
+        except ApiError as error:
+            self.metrics.request(route, error.status, (time.perf_counter() - start) * 1e3, 0, 0, NO_MODEL)
+            await context.abort(status_code(error), error.message)
+            raise  # not reached: abort raises
 
     def stream(self, rpc: Rpc) -> grpc.RpcMethodHandler:
         """One answer per message, in order, each as its unary call would answer it; a refused message ends the
@@ -167,13 +173,7 @@ class TeiApi:
         route = GRPC_ROUTE + rpc.route + "Stream"  # Embed/EmbedStream, ...
 
         async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            start = time.perf_counter()
-            try:
-                self.refuse(context)
-                served = self.model(context)
-            except ApiError as error:
-                self.metrics.request(route, error.status, (time.perf_counter() - start) * 1e3, 0, 0, NO_MODEL)
-                await context.abort(status_code(error), error.message)
+            served = await self.admit(route, context, time.perf_counter())
             async for request in requests:
                 answer = await self.answer(route, rpc, request, time.perf_counter(), served)
                 if isinstance(answer, ApiError):
