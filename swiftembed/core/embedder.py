@@ -53,6 +53,9 @@ class Embedder:
         `own_tokenizer` lets the Embedder configure the model's tokenizer in place: for a model nothing else uses.
         """
         self.model = model
+        # Read on every request: plain attributes, not properties reaching into the model (a model never changes).
+        self.dim: int = model.dim
+        self.normalize: bool = model.normalize
         limit = model.max_tokens if max_tokens == -1 else max_tokens
         if limit is not None and limit < 1:
             raise ValueError(f"max_tokens must be positive or None, got {limit}")
@@ -73,10 +76,6 @@ class Embedder:
 
     # Model facts -------------------------------------------------------------------------------------------
     @property
-    def dim(self) -> int:
-        return self.model.dim
-
-    @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 
@@ -91,10 +90,6 @@ class Embedder:
     @property
     def max_tokens(self) -> int | None:
         return self.tokenizer.max_tokens
-
-    @property
-    def normalize(self) -> bool:
-        return self.model.normalize
 
     # Encoding ----------------------------------------------------------------------------------------------
     def tokenize(self, texts: str | Sequence[str]) -> list[list[int]]:

@@ -71,6 +71,7 @@ class EmbeddingApi:
     def __init__(self, service: EmbeddingService, metrics: Metrics) -> None:
         self.service, self.metrics = service, metrics
         self.catalog, self.settings = service.catalog, service.settings
+        self._deadlines: BodyDeadlines | None = None  # this loop's (one lookup per loop, not per request)
         settings = self.settings
         self.table = [
             Route("/v1/embeddings", "POST", self.openai_embeddings),
@@ -320,10 +321,13 @@ class EmbeddingApi:
         size = 0
         loop = asyncio.get_running_loop()
         chunk_s = self.settings.body_chunk_timeout_s
-        deadline = loop.time() + self.settings.body_timeout_s
-        task, deadlines = asyncio.current_task(), _deadlines(loop)
+        now = loop.time()
+        deadline = now + self.settings.body_timeout_s
+        task, deadlines = asyncio.current_task(), self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = _deadlines(loop)
         assert task is not None
-        deadlines.watch(task, min(loop.time() + chunk_s, deadline))
+        deadlines.watch(task, min(now + chunk_s, deadline))
         try:
             while True:
                 message = await receive()

@@ -71,7 +71,8 @@ class NoMetrics:
 
 
 class _Histogram:
-    """Counts per bucket (not cumulative; the last is +Inf) and their sum."""
+    """Counts per bucket (not cumulative; the last is +Inf) and their sum. Updated inline where observed (a
+    bisect and two additions): a method call per observation was ~5% of a one-text request in-process."""
 
     __slots__ = ("bounds", "buckets", "sum")
 
@@ -79,10 +80,6 @@ class _Histogram:
         self.bounds = bounds
         self.buckets = [0] * (len(bounds) + 1)
         self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.buckets[bisect_left(self.bounds, value)] += 1
-        self.sum += value
 
 
 class _Series:
@@ -118,7 +115,9 @@ class PrometheusMetrics:
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series()
-        series.latency.observe(latency_ms)
+        latency = series.latency
+        latency.buckets[bisect_left(latency.bounds, latency_ms)] += 1
+        latency.sum += latency_ms
         series.count += 1
         series.texts += texts
         series.tokens += tokens
@@ -128,8 +127,13 @@ class PrometheusMetrics:
         if found is None:
             found = self._batches[model] = (_Histogram(BATCH_SIZE.buckets), _Histogram(BATCH_REQUESTS.buckets),
                                             _Histogram(KERNEL_TIME.buckets))
-        for histogram, value in zip(found, (texts, requests, kernel_ms)):
-            histogram.observe(value)
+        sizes, merged, kernel = found
+        sizes.buckets[bisect_left(sizes.bounds, texts)] += 1
+        sizes.sum += texts
+        merged.buckets[bisect_left(merged.bounds, requests)] += 1
+        merged.sum += requests
+        kernel.buckets[bisect_left(kernel.bounds, kernel_ms)] += 1
+        kernel.sum += kernel_ms
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
