@@ -60,6 +60,7 @@ class Embedder:
         if limit is not None and limit < 1:
             raise ValueError(f"max_tokens must be positive or None, got {limit}")
         self.tokenizer = TextTokenizer(model.tokenizer, limit, fast_path=fast_tokenizer, in_place=own_tokenizer)
+        self.vocab_size: int = self.tokenizer.vocab_size
         if table is None:
             table = model.embeddings.astype(np.float32, copy=False)
         elif table.dtype != np.float32 or table.shape != model.embeddings.shape:
@@ -75,10 +76,6 @@ class Embedder:
         return cls(load_model(name_or_path, token=token), **options)  # type: ignore[arg-type]
 
     # Model facts -------------------------------------------------------------------------------------------
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
     @property
     def model_id(self) -> str:
         return self.model.model_id
