@@ -9,9 +9,11 @@ from swiftembed import __version__
 from swiftembed.core.pooling import PRECISIONS, SIMILARITY_MODES
 from swiftembed.http.frontdoor import Route
 from swiftembed.http.wire import COHERE_INPUT_TYPES, COHERE_TYPES
+from swiftembed.service.inputs import CHUNK_TOKENS_WITHOUT_LIMIT
 
 if TYPE_CHECKING:
     from swiftembed.core.catalog import Catalog
+    from swiftembed.core.embedder import Embedder
     from swiftembed.service.settings import Settings
 
 Schema = dict[str, Any]
@@ -41,16 +43,17 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
     model_param = [{"name": "model", "in": "query", "required": False, "schema": {"type": "string", "enum": names},
                     "description": model["description"]}]
 
-    def by_model(make: Callable[[int, int, Schema], Schema]) -> Schema:
-        """A request schema whose limits (dimension, vocabulary) depend on the model: one schema when every model
-        has the same, else one variant per model (and one for no model: the default's)."""
-        limits = {(m.embedder.dim, m.embedder.vocab_size) for m in catalog}
-        if len(limits) == 1:
-            dim, vocab = limits.pop()
-            return make(dim, vocab, model)
-        default = catalog.default.embedder
-        variants = [make(m.embedder.dim, m.embedder.vocab_size, {"enum": [m.name, m.model_id]}) for m in catalog]
-        variants.append(make(default.dim, default.vocab_size, {"type": "null"}))
+    def by_model(make: Callable[[int, int, int | None, Schema], Schema]) -> Schema:
+        """A request schema whose limits (dimension, vocabulary, token limit) depend on the model: one schema when
+        every model has the same, else one variant per model (and one for no model: the default's)."""
+
+        def limits(embedder: Embedder) -> tuple[int, int, int | None]:
+            return embedder.dim, embedder.vocab_size, embedder.max_tokens
+
+        if len({limits(m.embedder) for m in catalog}) == 1:
+            return make(*limits(catalog.default.embedder), model)
+        variants = [make(*limits(m.embedder), {"enum": [m.name, m.model_id]}) for m in catalog]
+        variants.append(make(*limits(catalog.default.embedder), {"type": "null"}))
         for variant in variants[:-1]:
             for shape in variant.get("oneOf", [variant]):
                 shape["required"] = [*shape["required"], "model"]
@@ -73,7 +76,7 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
         # Optional fields may be null (the app reads null as absent); JSON Schema's integer admits 2.0, so does the app.
         return {"type": ["integer", "null"], "minimum": 1, "maximum": dim}
 
-    def embeddings_request(dim: int, vocab: int, model: Schema) -> Schema:
+    def embeddings_request(dim: int, vocab: int, tokens: int | None, model: Schema) -> Schema:
         token_ids = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": vocab - 1}, "minItems": 1}
         return {
             "type": "object",
@@ -94,7 +97,7 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
             },
         }
 
-    def embed_request(dim: int, vocab: int, model: Schema) -> Schema:
+    def embed_request(dim: int, vocab: int, tokens: int | None, model: Schema) -> Schema:
         return {
             "oneOf": [
                 {
@@ -123,7 +126,7 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
             ]
         }
 
-    def cohere_request(dim: int, vocab: int, model: Schema) -> Schema:
+    def cohere_request(dim: int, vocab: int, tokens: int | None, model: Schema) -> Schema:
         return {
             "type": "object",
             "required": ["texts"],
@@ -136,19 +139,26 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
                 "output_dimension": dimensions(dim),
                 "truncate": {"type": ["string", "null"], "enum": ["END", None],
                              "description": "texts are cut at the model's token limit, at their end"},
+                "max_tokens": {"type": "null"} if tokens is None else {
+                    "type": ["integer", "null"], "minimum": tokens,
+                    "description": "the model's own token limit or more: a static model cannot stop earlier"},
+                # Cohere's other inputs, refused with a message saying so (this server embeds text only)
+                "images": False,
+                "inputs": False,
             },
         }
 
-    def chunks_request(dim: int, vocab: int, model: Schema) -> Schema:
+    def chunks_request(dim: int, vocab: int, tokens: int | None, model: Schema) -> Schema:
+        longest = tokens or CHUNK_TOKENS_WITHOUT_LIMIT
         document = {"type": "string", "maxLength": settings.max_document_chars}
         return {
             "type": "object",
             "required": ["texts", "chunk_tokens"],
             "properties": {
                 "texts": {"type": "array", "items": document, "minItems": 1, "maxItems": settings.max_texts},
-                "chunk_tokens": {"type": "integer", "minimum": 1, "maximum": max_tokens,
-                                 "description": "at most the requested model's max_tokens"},
-                "overlap_tokens": {"type": "integer", "minimum": 0, "maximum": max_tokens - 1,
+                "chunk_tokens": {"type": "integer", "minimum": 1, "maximum": longest,
+                                 "description": "at most the model's max_tokens"},
+                "overlap_tokens": {"type": "integer", "minimum": 0, "maximum": longest - 1,
                                    "description": "less than chunk_tokens"},
                 "normalize": flag,
                 "dimensions": dimensions(dim),
@@ -157,7 +167,6 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
             },
         }
 
-    max_tokens = max(m.embedder.max_tokens or 1_000_000 for m in catalog)  # the request's model may allow less
     schemas: dict[str, Schema] = {
         "Error": {
             "type": "object",

@@ -171,10 +171,13 @@ def documents(value: object, param: str, settings: Settings, *, allow_single: bo
     return value
 
 
+CHUNK_TOKENS_WITHOUT_LIMIT = 1_000_000  # the largest chunk_tokens for a model without a token limit
+
+
 def chunk_sizes(chunk_tokens: object, overlap_tokens: object, max_tokens: int | None) -> tuple[int, int]:
     """(chunk_tokens, overlap_tokens): from 1 to the model's token limit, and from 0 to chunk_tokens - 1."""
     size = integer(chunk_tokens)
-    limit = max_tokens or 1_000_000
+    limit = max_tokens or CHUNK_TOKENS_WITHOUT_LIMIT
     if size is None or not 1 <= size <= limit:
         raise invalid(f"'chunk_tokens' must be an integer from 1 to {limit}", "chunk_tokens")
     overlap = integer(overlap_tokens)
