@@ -25,14 +25,13 @@ from swiftembed import __version__
 from swiftembed.core.catalog import Served
 from swiftembed.grpc import tei_pb2 as pb
 from swiftembed.service import inputs
-from swiftembed.service.inputs import OVERLOADED, UNAUTHORIZED, ApiError, Options
+from swiftembed.service.inputs import INTERNAL_ERROR, OVERLOADED, UNAUTHORIZED, ApiError, Options
 from swiftembed.service.metrics import GRPC_ROUTE, NO_MODEL, Metrics
 from swiftembed.service.service import EmbeddingService
 
 log = logging.getLogger("swiftembed")
 
 MODEL_KEY = "model"  # call metadata naming the served model (TEI's messages have no model field)
-INTERNAL_ERROR = ApiError(500, "internal error", type="server_error", code="internal_error")
 RIGHT = pb.TRUNCATION_DIRECTION_RIGHT
 
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from starlette.types import Receive, Scope, Send
 
 from swiftembed.http.wire import ErrorStyle, error_body
-from swiftembed.service.inputs import OVERLOADED, UNAUTHORIZED, ApiError, bearer
+from swiftembed.service.inputs import INTERNAL_ERROR, OVERLOADED, UNAUTHORIZED, ApiError, bearer
 from swiftembed.service.metrics import NO_MODEL, Metrics
 from swiftembed.service.service import LoadMeter
 from swiftembed.service.settings import Settings
@@ -25,7 +25,6 @@ from swiftembed.service.settings import Settings
 log = logging.getLogger("swiftembed")
 
 JSON = "application/json"
-INTERNAL_ERROR = ApiError(500, "internal error", type="server_error", code="internal_error")
 
 
 class Stream:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import parse_qs
@@ -71,7 +70,7 @@ class EmbeddingApi:
     def __init__(self, service: EmbeddingService, metrics: Metrics) -> None:
         self.service, self.metrics = service, metrics
         self.catalog, self.settings = service.catalog, service.settings
-        self._deadlines: BodyDeadlines | None = None  # this loop's (one lookup per loop, not per request)
+        self._deadlines: BodyDeadlines | None = None  # the body-read deadlines of the loop this app runs on
         settings = self.settings
         self.table = [
             Route("/v1/embeddings", "POST", self.openai_embeddings),
@@ -325,7 +324,7 @@ class EmbeddingApi:
         deadline = now + self.settings.body_timeout_s
         task, deadlines = asyncio.current_task(), self._deadlines
         if deadlines is None or deadlines.loop is not loop:
-            deadlines = self._deadlines = _deadlines(loop)
+            deadlines = self._deadlines = BodyDeadlines(loop)
         assert task is not None
         deadlines.watch(task, min(now + chunk_s, deadline))
         try:
@@ -404,16 +403,6 @@ class BodyDeadlines:
                         task.cancel()
         finally:
             self.sweeper = None
-
-
-_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BodyDeadlines] = weakref.WeakKeyDictionary()
-
-
-def _deadlines(loop: asyncio.AbstractEventLoop) -> BodyDeadlines:
-    found = _DEADLINES.get(loop)
-    if found is None:
-        found = _DEADLINES[loop] = BodyDeadlines(loop)
-    return found
 
 
 def _too_large(limit: int) -> ApiError:

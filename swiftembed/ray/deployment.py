@@ -31,7 +31,6 @@ from swiftembed.core.chunking import Chunk
 from swiftembed.core.pooling import Precision, SimilarityMode
 from swiftembed.core.sparse import SparseVector
 from swiftembed.grpc.server import GrpcServer
-from swiftembed.http.frontdoor import NO_MODEL
 from swiftembed.http.routes import EmbeddingApi
 from swiftembed.ray.ingress import ReplicaServer, choose_ingress, serve_environment
 from swiftembed.ray.tables import NAMESPACE, SharedTables
@@ -44,6 +43,7 @@ from swiftembed.service.metrics import (
     HANDLE_ROUTE,
     KERNEL_TIME,
     LATENCY,
+    NO_MODEL,
     REQUESTS,
     TEXTS,
     TOKENS,

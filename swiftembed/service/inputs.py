@@ -48,6 +48,7 @@ UNAUTHORIZED = ApiError(401, "missing or wrong API key (Authorization: Bearer <k
                         code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 OVERLOADED = ApiError(503, "server is at capacity; retry shortly", type="server_overloaded", code="overloaded",
                       headers={"Retry-After": "1"})
+INTERNAL_ERROR = ApiError(500, "internal error", type="server_error", code="internal_error")  # what a bug answers
 
 
 def bearer(settings: Settings) -> bytes | None:
