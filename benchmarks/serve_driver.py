@@ -47,7 +47,7 @@ from starlette.types import Receive, Scope  # noqa: E402
 
 from benchmarks.shapes import SENTENCE, noop_answers  # noqa: E402
 from swiftembed import Embedder  # noqa: E402
-from swiftembed.http.frontdoor import Answer  # noqa: E402
+from swiftembed.http.frontdoor import Answer, Route  # noqa: E402
 from swiftembed.ray.deployment import APP_NAME, DEPLOYMENT_NAME, NAMESPACE, SwiftEmbedDeployment  # noqa: E402
 
 OPTIONS = {"num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5}}
@@ -59,8 +59,9 @@ class NoOpReplica(SwiftEmbedDeployment.func_or_class):  # type: ignore[misc,name
     async def __init__(self, answers: dict[str, tuple[bytes, str]], dim: int, **options: object) -> None:
         await super().__init__(**options)
         self.answers, self.dim = answers, dim
-        self.api.front.routes["/"] = {"POST": self.noop}  # behind Ray's ingress the app is mounted at /noop
-        self.api.front.routes["/noop"] = {"POST": self.noop}  # its own server (replica ingress) serves it at the root
+        # Behind Ray's ingress the app is mounted at /noop; its own server (replica ingress) serves it at the root.
+        self.api.front.routes["/"] = {"POST": Route("/", "POST", self.noop)}
+        self.api.front.routes["/noop"] = {"POST": Route("/noop", "POST", self.noop)}
 
     async def noop(self, scope: Scope, receive: Receive) -> Answer:
         more = True

@@ -177,7 +177,7 @@ def test_body_deadline_answers_its_reader_and_leaves_other_cancellations_alone(e
 
     async def reader(receive) -> tuple[str, int]:
         try:
-            await api.read_json(scope, receive)
+            await api.front.read_json(scope, receive)
         except ApiError as error:
             task = asyncio.current_task()
             assert task is not None

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from swiftembed.core.catalog import Catalog
-from swiftembed.http import wire
+from swiftembed.http.frontdoor import FrontDoor
 from swiftembed.http.server import standalone_app
 
 MODEL = "potion-base-8M"
@@ -92,10 +92,10 @@ def declared(spec: dict[str, Any], schema: dict[str, Any]) -> set[str]:
 @pytest.fixture(scope="module")
 def read_and_declared() -> dict[str, tuple[set[str], set[str]]]:
     bodies: list[Recording] = []
-    parse_json = wire.parse_json
+    read_json = FrontDoor.read_json
 
-    def recording_parse(body: bytes) -> dict[str, Any]:
-        bodies.append(Recording(parse_json(body)))
+    async def recording_read(self: FrontDoor, scope: Any, receive: Any) -> dict[str, Any]:
+        bodies.append(Recording(await read_json(self, scope, receive)))
         return bodies[-1]
 
     async def run() -> dict[str, tuple[set[str], set[str]]]:
@@ -115,11 +115,11 @@ def read_and_declared() -> dict[str, tuple[set[str], set[str]]]:
                 found[path] = (read, declared(spec, schema))
         return found
 
-    wire.parse_json = recording_parse
+    FrontDoor.read_json = recording_read  # type: ignore[method-assign]
     try:
         return asyncio.run(run())
     finally:
-        wire.parse_json = parse_json
+        FrontDoor.read_json = read_json  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("path", sorted(BODIES))

@@ -503,6 +503,12 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
     if served != described:
         raise ValueError(f"routes without a description: {sorted(served - described)}; descriptions without a "
                              f"route: {sorted(described - served)}")
+    json_bodies = {(path, method) for path, operations in paths.items() for method, operation in operations.items()
+                   if "application/json" in operation.get("requestBody", {}).get("content", {})}
+    json_routes = {(route.path, route.method.lower()) for route in table if route.json}
+    if json_bodies != json_routes:  # the front door parses a JSON body for exactly the routes described with one
+        raise ValueError(f"JSON bodies described for {sorted(json_bodies - json_routes)} and not parsed; parsed for "
+                         f"{sorted(json_routes - json_bodies)} and not described")
     if settings.api_key is not None:
         spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         spec["security"] = [{"bearer": []}]

@@ -1,8 +1,8 @@
 """The HTTP API's routes: a plain ASGI app that knows nothing of Ray.
 
-Each route parses and validates with `wire`, calls the `EmbeddingService` (swiftembed/service/service.py: the
-model, pooling through the batcher, finishing), and encodes what it returns into an `Answer`. The front door
-(swiftembed/http/frontdoor.py) dispatches to the routes by their table and sends answers.
+Each route takes its body from the front door (swiftembed/http/frontdoor.py: read, limited, parsed as JSON),
+checks its fields with `wire`, calls the `EmbeddingService` (swiftembed/service/service.py: the model, pooling
+through the batcher, finishing), and encodes what it returns into an `Answer` for the front door to send.
 """
 
 from __future__ import annotations
@@ -20,7 +20,18 @@ from starlette.types import ASGIApp, Receive, Scope
 from swiftembed.core.catalog import Catalog, Served
 from swiftembed.core.embedder import Embedder
 from swiftembed.http import wire
-from swiftembed.http.frontdoor import JSON, Answer, FrontDoor, Route, Stream, error_answer, header, media_type
+from swiftembed.http.frontdoor import (
+    Answer,
+    FrontDoor,
+    Route,
+    Stream,
+    body_chunks,
+    check_length,
+    error_answer,
+    header,
+    media_type,
+    too_large,
+)
 from swiftembed.http.openapi import openapi_spec
 from swiftembed.service.batcher import Backend, Batcher
 from swiftembed.service.inputs import ApiError, Options, invalid, text
@@ -70,18 +81,17 @@ class EmbeddingApi:
     def __init__(self, service: EmbeddingService, metrics: Metrics) -> None:
         self.service, self.metrics = service, metrics
         self.catalog, self.settings = service.catalog, service.settings
-        self._deadlines: BodyDeadlines | None = None  # the body-read deadlines of the loop this app runs on
         settings = self.settings
         self.table = [
-            Route("/v1/embeddings", "POST", self.openai_embeddings),
-            Route("/embed", "POST", self.embed),
-            Route("/v2/embed", "POST", self.cohere_embed),
+            Route("/v1/embeddings", "POST", self.openai_embeddings, json=True),
+            Route("/embed", "POST", self.embed, json=True),
+            Route("/v2/embed", "POST", self.cohere_embed, json=True, errors="cohere"),
             Route("/embed/jsonl", "POST", self.embed_jsonl),
-            Route("/embed/chunks", "POST", self.embed_chunks),
-            Route("/embed_sparse", "POST", self.embed_sparse),
-            Route("/embed_all", "POST", self.embed_all),
-            Route("/similarity", "POST", self.similarity),
-            Route("/tokenize", "POST", self.tokenize),
+            Route("/embed/chunks", "POST", self.embed_chunks, json=True),
+            Route("/embed_sparse", "POST", self.embed_sparse, json=True),
+            Route("/embed_all", "POST", self.embed_all, json=True),
+            Route("/similarity", "POST", self.similarity, json=True),
+            Route("/tokenize", "POST", self.tokenize, json=True),
             Route("/v1/models", "GET", self.list_models),
             Route("/v1/models/{id}", "GET", self.get_model),
             Route("/health", "GET", self.health, open=True),
@@ -100,8 +110,7 @@ class EmbeddingApi:
         self.model = service.model
 
     # Embedding routes --------------------------------------------------------------------------------------
-    async def openai_embeddings(self, scope: Scope, receive: Receive) -> Answer:
-        body = await self.read_json(scope, receive)
+    async def openai_embeddings(self, scope: Scope, body: dict[str, Any]) -> Answer:
         served = self.model(body.get("model"))
         embedder = served.embedder
         req = wire.parse_openai(body, self.settings, embedder.dim, embedder.vocab_size)
@@ -112,8 +121,7 @@ class EmbeddingApi:
         body = wire.openai_body(vectors, served.model_id, tokens, req.encoding_format)
         return Answer(body, texts=len(vectors), tokens=tokens, model=served.name)
 
-    async def embed(self, scope: Scope, receive: Receive) -> Answer:
-        body = await self.read_json(scope, receive)
+    async def embed(self, scope: Scope, body: dict[str, Any]) -> Answer:
         style: wire.ErrorStyle = "tei" if "inputs" in body else "openai"
         try:
             served = self.model(body.get("model"))
@@ -132,15 +140,11 @@ class EmbeddingApi:
         payload = {"embeddings": vectors, "model": served.model_id, "dimensions": vectors.shape[1], "tokens": tokens}
         return Answer(wire.json_bytes(payload), texts=texts, tokens=tokens, model=served.name)
 
-    async def cohere_embed(self, scope: Scope, receive: Receive) -> Answer:
+    async def cohere_embed(self, scope: Scope, body: dict[str, Any]) -> Answer:
         """Cohere's embed API (v2): every asked `embedding_types` of the same texts, pooled once; errors in
-        Cohere's shape, so its SDK raises its own error types."""
-        try:
-            body = await self.read_json(scope, receive)
-            served = self.model(body.get("model"))
-            req = wire.parse_cohere(body, self.settings, served.embedder.dim, served.embedder.max_tokens)
-        except ApiError as error:
-            return error_answer(error, "cohere")
+        Cohere's shape (its route's `errors`), so its SDK raises its own error types."""
+        served = self.model(body.get("model"))
+        req = wire.parse_cohere(body, self.settings, served.embedder.dim, served.embedder.max_tokens)
         precisions = [wire.COHERE_TYPES[kind] for kind in req.types]
         vectors, tokens = await self.service.embed_precisions(req.texts, served, req.dimensions, precisions)
         by_type = {kind: vectors[wire.COHERE_TYPES[kind]] for kind in req.types}
@@ -155,7 +159,7 @@ class EmbeddingApi:
         query = _query(scope)
         served = self.model(query.get("model"))
         options = wire.query_options(query, served.embedder.dim)
-        self.check_length(scope, self.settings.max_jsonl_bytes)
+        check_length(scope, self.settings.max_jsonl_bytes)
         stream = Stream()
         stream.chunks = self.jsonl_lines(receive, served, options, stream)
         return Answer(stream, JSONL, model=served.name)
@@ -169,7 +173,8 @@ class EmbeddingApi:
         pending: list[tuple[int, str]] = []
         index = 0
         try:
-            async for raw in _lines(self.body_chunks(receive), self.settings.max_jsonl_bytes):
+            chunks = body_chunks(receive, self.settings.body_chunk_timeout_s)
+            async for raw in _lines(chunks, self.settings.max_jsonl_bytes):
                 if not raw.strip():
                     continue
                 if index >= self.settings.max_jsonl_lines:
@@ -207,10 +212,9 @@ class EmbeddingApi:
         stream.tokens += tokens
         return wire.jsonl_lines([i for i, _ in pending], vectors)
 
-    async def embed_chunks(self, scope: Scope, receive: Receive) -> Answer:
+    async def embed_chunks(self, scope: Scope, body: dict[str, Any]) -> Answer:
         """Long documents cut into overlapping chunks of whole words, every chunk's vector from one pass over its
         document: chunk i's vector is what /embed gives for `text[start:end]`."""
-        body = await self.read_json(scope, receive)
         served = self.model(body.get("model"))
         embedder = served.embedder
         req = wire.parse_chunks(body, self.settings, embedder.dim, embedder.max_tokens)
@@ -224,10 +228,9 @@ class EmbeddingApi:
         answer = wire.chunks_body(spans, vectors, served.model_id, tokens, req.encoding_format)
         return Answer(answer, texts=len(vectors), tokens=tokens, model=served.name)
 
-    async def embed_sparse(self, scope: Scope, receive: Receive) -> Answer:
+    async def embed_sparse(self, scope: Scope, body: dict[str, Any]) -> Answer:
         """TEI's /embed_sparse: per text its distinct token ids with weights (swiftembed/core/sparse.py), the lexical
         half of hybrid search, from the same tokens as /embed."""
-        body = await self.read_json(scope, receive)
         try:
             served = self.model(body.get("model"))
             texts = wire.parse_inputs(body, self.settings)
@@ -236,10 +239,9 @@ class EmbeddingApi:
         vectors, tokens = await self.service.sparse(texts, served)
         return Answer(wire.sparse_body(vectors), texts=len(texts), tokens=tokens, model=served.name)
 
-    async def embed_all(self, scope: Scope, receive: Receive) -> Answer:
+    async def embed_all(self, scope: Scope, body: dict[str, Any]) -> Answer:
         """TEI's /embed_all: per text each token's vector (for late-interaction search), here the table rows the
         text's mean is made of, from the same tokens as /embed."""
-        body = await self.read_json(scope, receive)
         try:
             served = self.model(body.get("model"))
             texts = wire.parse_inputs(body, self.settings)
@@ -248,16 +250,14 @@ class EmbeddingApi:
             return error_answer(error, "tei")
         return Answer(wire.token_vectors_body(vectors), texts=len(texts), tokens=tokens, model=served.name)
 
-    async def similarity(self, scope: Scope, receive: Receive) -> Answer:
-        body = await self.read_json(scope, receive)
+    async def similarity(self, scope: Scope, body: dict[str, Any]) -> Answer:
         served = self.model(body.get("model"))
         req = wire.parse_similarity(body, self.settings)
         scores, tokens = await self.service.similarity(req.left, req.right, served, req.pairwise, req.mode)
         return Answer(wire.json_bytes({"scores": scores if req.pairwise else scores[0]}),
                       texts=len(req.left) + len(req.right), tokens=tokens, model=served.name)
 
-    async def tokenize(self, scope: Scope, receive: Receive) -> Answer:
-        body = await self.read_json(scope, receive)
+    async def tokenize(self, scope: Scope, body: dict[str, Any]) -> Answer:
         served = self.model(body.get("model"))
         texts = wire.parse_tokenize(body, self.settings)
         ids = self.service.tokenize(texts, served)
@@ -299,125 +299,6 @@ class EmbeddingApi:
     async def openapi(self, scope: Scope, receive: Receive) -> Answer:
         return Answer(self._openapi)
 
-    # Helpers -----------------------------------------------------------------------------------------------
-    def check_length(self, scope: Scope, limit: int) -> None:
-        length = header(scope, b"content-length")
-        if length and (not length.isdigit() or int(length) > limit):
-            raise _too_large(limit)
-
-    async def read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
-        """The body as a JSON object, read from `receive` directly: Request.stream()'s async generator costs more
-        than a small body."""
-        content_type = header(scope, b"content-type")
-        if content_type and content_type != b"application/json":  # the exact usual value needs no parsing
-            given = media_type(content_type)
-            if given and given != JSON and not given.endswith("+json"):
-                raise ApiError(415, f"Content-Type must be application/json, got {given}",
-                               code="unsupported_media_type")
-        limit = self.settings.max_body_bytes
-        self.check_length(scope, limit)
-        chunks: list[bytes] = []
-        size = 0
-        loop = asyncio.get_running_loop()
-        chunk_s = self.settings.body_chunk_timeout_s
-        now = loop.time()
-        deadline = now + self.settings.body_timeout_s
-        task, deadlines = asyncio.current_task(), self._deadlines
-        if deadlines is None or deadlines.loop is not loop:
-            deadlines = self._deadlines = BodyDeadlines(loop)
-        assert task is not None
-        deadlines.watch(task, min(now + chunk_s, deadline))
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _cut_short()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-                deadlines.due[task] = min(loop.time() + chunk_s, deadline)
-        except asyncio.CancelledError:
-            if not deadlines.expired(task):
-                raise
-            raise _timed_out() from None
-        finally:
-            deadlines.forget(task)
-        return wire.parse_json(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-
-    async def body_chunks(self, receive: Receive) -> AsyncIterator[bytes]:
-        """A streamed body's chunks as they arrive; 408 when the next one takes over `body_chunk_timeout_s`."""
-        more = True
-        while more:
-            try:
-                async with asyncio.timeout(self.settings.body_chunk_timeout_s):
-                    message = await receive()
-            except TimeoutError:
-                raise _timed_out() from None
-            if message["type"] == "http.disconnect":
-                raise _cut_short()
-            more = message.get("more_body", False)
-            yield message.get("body", b"")
-
-
-class BodyDeadlines:
-    """Deadlines for reading request bodies on one event loop, kept by a task that sweeps them every TICK_S and
-    cancels the readers past theirs (so a deadline fires up to TICK_S late). An asyncio timer per request
-    (`asyncio.timeout`) cost ~7 us of a one-text request, a fifth of what the route itself does."""
-
-    TICK_S = 0.1
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.due: dict[asyncio.Task[Any], float] = {}
-        self.fired: set[asyncio.Task[Any]] = set()
-        self.sweeper: asyncio.Task[None] | None = None
-
-    def watch(self, task: asyncio.Task[Any], deadline: float) -> None:
-        self.due[task] = deadline
-        if self.sweeper is None:
-            self.sweeper = self.loop.create_task(self.sweep())
-
-    def expired(self, task: asyncio.Task[Any]) -> bool:
-        """Whether the sweep cancelled `task` (its cancellation then taken back), rather than anyone else."""
-        if task not in self.fired:
-            return False
-        task.uncancel()
-        return True
-
-    def forget(self, task: asyncio.Task[Any]) -> None:
-        del self.due[task]
-        self.fired.discard(task)
-
-    async def sweep(self) -> None:
-        try:
-            while self.due:  # ends when no body is being read; the next reader starts it again
-                await asyncio.sleep(self.TICK_S)
-                now = self.loop.time()
-                for task, deadline in list(self.due.items()):
-                    if deadline <= now and task not in self.fired:
-                        self.fired.add(task)
-                        task.cancel()
-        finally:
-            self.sweeper = None
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"request body is larger than the limit of {limit} bytes", code="payload_too_large")
-
-
-def _timed_out() -> ApiError:
-    """A body that stopped arriving: 408, and the connection closed (what is left of the body is never read)."""
-    return ApiError(408, "the request body did not arrive in time", code="request_timeout",
-                    headers={"Connection": "close"})
-
-
-def _cut_short() -> ApiError:
-    return ApiError(400, "the request body ended before its declared length", code="incomplete_body")
-
 
 def _query(scope: Scope) -> dict[str, str]:
     """Query parameters, the last value of each."""
@@ -439,7 +320,7 @@ async def _lines(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[byte
     async for chunk in chunks:
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         buffer += chunk
         if b"\n" in buffer:
             *complete, buffer = buffer.split(b"\n")

@@ -38,17 +38,6 @@ _TEI_TYPES = {400: "Validation", 401: "Unauthorized", 404: "NotFound", 413: "Val
               429: "Overloaded", 503: "Unhealthy"}
 
 
-def parse_json(body: bytes) -> dict[str, Any]:
-    """A JSON object, or 400 (not JSON) / 422 (JSON but not an object)."""
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(value, dict):
-        raise invalid(f"request body must be a JSON object, got {inputs.kind(value)}")
-    return value
-
-
 # Requests ------------------------------------------------------------------------------------------------------
 class EmbedRequest(NamedTuple):
     """Texts (or, for OpenAI, token id lists) to embed, with how to answer."""
@@ -73,15 +62,17 @@ def parse_openai(obj: dict[str, Any], settings: Settings, dim: int, vocab_size: 
     user = obj.get("user")
     if user is not None and not isinstance(user, str):
         raise invalid("'user' must be a string", "user")
-    options = Options(dimensions=inputs.dimensions(obj.get("dimensions"), dim))
-    if isinstance(value, list) and value and all(inputs.integer(v) is not None for v in value):
-        return EmbedRequest(None, [_token_ids(value, "input", vocab_size)], options, encoding_format)
-    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
-        if len(value) > settings.max_texts:
-            raise ApiError(413, f"'input' has {len(value)} token lists; the limit is {settings.max_texts}",
-                           param="input", code="too_many_texts")
-        ids = [_token_ids(v, f"input[{i}]", vocab_size) for i, v in enumerate(value)]
-        return EmbedRequest(None, ids, options, encoding_format)
+    dimensions = obj.get("dimensions")
+    options = DEFAULT_OPTIONS if dimensions is None else Options(dimensions=inputs.dimensions(dimensions, dim))
+    if isinstance(value, list) and value and type(value[0]) is not str:  # token ids (texts start with a string)
+        if all(inputs.integer(v) is not None for v in value):
+            return EmbedRequest(None, [_token_ids(value, "input", vocab_size)], options, encoding_format)
+        if all(isinstance(v, list) for v in value):
+            if len(value) > settings.max_texts:
+                raise ApiError(413, f"'input' has {len(value)} token lists; the limit is {settings.max_texts}",
+                               param="input", code="too_many_texts")
+            ids = [_token_ids(v, f"input[{i}]", vocab_size) for i, v in enumerate(value)]
+            return EmbedRequest(None, ids, options, encoding_format)
     return EmbedRequest(inputs.texts(value, "input", settings), None, options, encoding_format)
 
 
