@@ -57,16 +57,20 @@ JsonHandler = Callable[[Scope, dict[str, Any]], Awaitable[Answer]]  # given the 
 
 
 class Route(NamedTuple):
-    """One entry of the route table, which the front door dispatches by and the OpenAPI document is checked
-    against. `path` ending in `{id}` matches the prefix before it and anything after (/v1/models/{id}); `json`
-    routes are handed their body as a JSON object; `open` routes answer without the API key; `errors` is the
-    shape of the errors from reading the body and from the route itself (Cohere's SDK reads only its own); the
-    refusals before a route is called (401, 503) are the same on every route."""
+    """One entry of the route table, which the front door dispatches by and the OpenAPI document is built from.
+
+    `path` ending in `{id}` matches the prefix before it and anything after (/v1/models/{id}). `body` and
+    `answer` name the JSON request and response schemas (swiftembed/http/openapi.py); a route with a `body` is
+    handed it read and parsed. `open` routes answer without the API key. `errors` is the shape of the errors
+    from reading the body and from the route itself (Cohere's SDK reads only its own); the refusals before a
+    route is called (401, 503) are the same on every route.
+    """
 
     path: str
     method: str
     handler: Handler | JsonHandler
-    json: bool = False
+    body: str | None = None
+    answer: str | None = None
     open: bool = False
     errors: ErrorStyle = "openai"
 
@@ -151,7 +155,7 @@ class FrontDoor:
 
     async def call(self, route: Route, label: str, scope: Scope, receive: Receive) -> Answer:
         try:
-            if route.json:
+            if route.body is not None:
                 return await route.handler(scope, await self.read_json(scope, receive))  # type: ignore[arg-type]
             return await route.handler(scope, receive)  # type: ignore[arg-type]
         except ApiError as error:

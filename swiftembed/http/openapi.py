@@ -27,6 +27,12 @@ def _json(schema: Schema) -> Schema:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+def _named(schema: str | None, method: str, path: str) -> str:
+    if schema is None:
+        raise ValueError(f"the route table has no {method.upper()} {path}, or names no JSON schema for it")
+    return schema
+
+
 def _errors(*statuses: int) -> dict[str, Schema]:
     text = {400: "Malformed JSON or body", 401: "Missing or wrong API key", 413: "Body or text count over the limit",
             404: "Unknown model (code model_not_found)", 408: "The request body stopped arriving",
@@ -36,7 +42,8 @@ def _errors(*statuses: int) -> dict[str, Schema]:
 
 
 def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Schema:
-    """The OpenAPI document of the routes in `table` (each must be described below, and nothing else is)."""
+    """The OpenAPI document of the routes in `table`: their request and answer schemas as the table names them,
+    their texts from below (each route must be described, and nothing else is)."""
     names = sorted({n for m in catalog for n in (m.name, m.model_id)})
     model = {"type": ["string", "null"], "enum": [*names, None],
              "description": f"a served model's short name or full id; default {catalog.default.name}"}
@@ -383,20 +390,28 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
         "X-Token-Count": {"schema": {"type": "string"}, "description": "Tokens pooled for the request"},
     }
 
-    def post(summary: str, request: str, response: str, description: str = "") -> Schema:
+    routes = {(route.path.replace("{id}", "{model}"), route.method.lower()): route for route in table}
+
+    def answer(path: str, method: str = "get") -> Schema:
+        """The JSON answer's schema, as the route table names it."""
+        route = routes.get((path, method))
+        return _json(_ref(_named(route.answer if route else None, method, path)))
+
+    def post(path: str, summary: str, description: str = "") -> Schema:
+        route = routes.get((path, "post"))
+        request = _named(route.body if route else None, "post", path)
         return {
             "post": {
                 "summary": summary,
                 "description": description,
                 "requestBody": {"required": True, **_json(_ref(request))},
-                "responses": {"200": {"description": "OK", "headers": headers, **_json(_ref(response))}, **post_errors},
+                "responses": {"200": {"description": "OK", "headers": headers, **answer(path, "post")}, **post_errors},
             }
         }
 
     embed = post(
+        "/embed",
         "Embed texts (SwiftEmbed or TEI shape)",
-        "EmbedRequest",
-        "EmbedResponse",
         "With `Accept: application/octet-stream` the body is the raw rows, row-major (count x dimension, given in "
         "X-Embedding-Count and X-Embedding-Dimension): little-endian float32, or with `precision` a byte per int8 "
         "or uint8 value, or 8 packed bits per byte for binary and ubinary (X-Embedding-Dtype says which).",
@@ -405,17 +420,16 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
         "application/octet-stream"
     ] = {"schema": {"type": "string", "format": "binary"}}
     chunks = post(
+        "/embed/chunks",
         "Long documents as overlapping chunks of whole words, every chunk's vector from one pass",
-        "ChunksRequest",
-        "ChunksResponse",
         "Chunk `{start, end}` of `texts[i]` has the vector /embed gives for `texts[i][start:end]`. A word longer "
         "than `chunk_tokens` tokens is a chunk of its own; a text with no known token has no chunk. With "
         '`Accept: application/jsonl` the answer is streamed, one `{"text", "chunk", "start", "end", "embedding"}` '
         "line per chunk in text order.",
     )
     chunks["post"]["responses"]["200"]["content"]["application/jsonl"] = {"schema": {"type": "string"}}
-    cohere = post("Cohere's embed API (v2): the asked embedding types of the same texts", "CohereEmbedRequest",
-                  "CohereEmbedResponse", "Errors are Cohere's `{id, message}`.")
+    cohere = post("/v2/embed", "Cohere's embed API (v2): the asked embedding types of the same texts",
+                  "Errors are Cohere's `{id, message}`.")
     for status in ("400", "404", "408", "413", "415", "422"):  # the front door's own (401, 503) stay OpenAI's
         cohere["post"]["responses"][status] = {"description": "Error", **_json(_ref("CohereError"))}
     widest = max(m.embedder.dim for m in catalog)
@@ -428,7 +442,7 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
          "schema": {"type": "string", "enum": list(PRECISIONS)}},
     ]
     paths: dict[str, Schema] = {
-        "/v1/embeddings": post("OpenAI-compatible embeddings", "EmbeddingsRequest", "EmbeddingsResponse"),
+        "/v1/embeddings": post("/v1/embeddings", "OpenAI-compatible embeddings"),
         "/embed": embed,
         "/v2/embed": cohere,
         "/embed/jsonl": {
@@ -451,37 +465,34 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
             }
         },
         "/embed/chunks": chunks,
-        "/similarity": post("Cosine similarity: one text against many, or pairs", "SimilarityRequest",
-                            "SimilarityResponse"),
+        "/similarity": post("/similarity", "Cosine similarity: one text against many, or pairs"),
         "/embed_sparse": post(
+            "/embed_sparse",
             "Sparse lexical vectors (TEI's shape), from the tokens the dense vector is pooled from",
-            "InputsRequest",
-            "SparseResponse",
             "Per text, its distinct token ids with a weight each (the fourth root of the token's row norm, repeats "
             "saturating as in BM25), L2-normalized: a dot product of two is in [0, 1]. For hybrid search beside "
             "/embed; see docs/quality.md.",
         ),
         "/embed_all": post(
+            "/embed_all",
             "Each token's vector (TEI's shape), for late-interaction search",
-            "InputsRequest",
-            "EmbedAllResponse",
             "Per text, one vector per token, in order: the table rows (times the model's token weights) whose mean "
             "/embed normalizes, not normalized themselves; a text without known tokens has none. At most "
             f"{settings.max_token_vectors} tokens per request (413 beyond). /similarity with `\"mode\": "
             '"maxsim"` scores texts by them.',
         ),
-        "/tokenize": post("Token ids and strings that each text is pooled from", "TokenizeRequest", "TokenizeResponse"),
+        "/tokenize": post("/tokenize", "Token ids and strings that each text is pooled from"),
         "/health": {"get": {"summary": "Ready (the models load before the server listens)", "responses": {
-            "200": {"description": "Ready", **_json(_ref("Health"))}, **_errors(503)}}},
+            "200": {"description": "Ready", **answer("/health")}, **_errors(503)}}},
         "/info": {"get": {"summary": "The default model's (or `model`'s) facts, every served model's, the limits",
                           "parameters": model_param,
-                          "responses": {"200": {"description": "OK", **_json(_ref("Info"))}, **_errors(401, 404)}}},
+                          "responses": {"200": {"description": "OK", **answer("/info")}, **_errors(401, 404)}}},
         "/v1/models": {"get": {"summary": "The served models (OpenAI's list shape)", "responses": {
-            "200": {"description": "OK", **_json(_ref("ModelList"))}, **_errors(401)}}},
+            "200": {"description": "OK", **answer("/v1/models")}, **_errors(401)}}},
         "/v1/models/{model}": {"get": {"summary": "One served model, by short name or full id",
                                        "parameters": [{"name": "model", "in": "path", "required": True,
                                                        "schema": {"type": "string"}}],
-                                       "responses": {"200": {"description": "OK", **_json(_ref("Model"))},
+                                       "responses": {"200": {"description": "OK", **answer("/v1/models/{model}")},
                                                      **_errors(401, 404)}}},
         "/metrics": {"get": {"summary": "Prometheus metrics (standalone server)", "responses": {
             "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
@@ -498,17 +509,13 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
         "paths": paths,
         "components": {"schemas": schemas},
     }
-    served = {(route.path.replace("{id}", "{model}"), route.method.lower()) for route in table}
     described = {(path, method) for path, operations in paths.items() for method in operations}
-    if served != described:
-        raise ValueError(f"routes without a description: {sorted(served - described)}; descriptions without a "
-                             f"route: {sorted(described - served)}")
-    json_bodies = {(path, method) for path, operations in paths.items() for method, operation in operations.items()
-                   if "application/json" in operation.get("requestBody", {}).get("content", {})}
-    json_routes = {(route.path, route.method.lower()) for route in table if route.json}
-    if json_bodies != json_routes:  # the front door parses a JSON body for exactly the routes described with one
-        raise ValueError(f"JSON bodies described for {sorted(json_bodies - json_routes)} and not parsed; parsed for "
-                         f"{sorted(json_routes - json_bodies)} and not described")
+    if set(routes) != described:
+        raise ValueError(f"routes without a description: {sorted(set(routes) - described)}; descriptions without a "
+                         f"route: {sorted(described - set(routes))}")
+    unknown = {name for route in table for name in (route.body, route.answer) if name and name not in schemas}
+    if unknown:
+        raise ValueError(f"the route table names schemas that are not defined: {sorted(unknown)}")
     if settings.api_key is not None:
         spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         spec["security"] = [{"bearer": []}]

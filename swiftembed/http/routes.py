@@ -83,20 +83,21 @@ class EmbeddingApi:
         self.catalog, self.settings = service.catalog, service.settings
         settings = self.settings
         self.table = [
-            Route("/v1/embeddings", "POST", self.openai_embeddings, json=True),
-            Route("/embed", "POST", self.embed, json=True),
-            Route("/v2/embed", "POST", self.cohere_embed, json=True, errors="cohere"),
-            Route("/embed/jsonl", "POST", self.embed_jsonl),
-            Route("/embed/chunks", "POST", self.embed_chunks, json=True),
-            Route("/embed_sparse", "POST", self.embed_sparse, json=True),
-            Route("/embed_all", "POST", self.embed_all, json=True),
-            Route("/similarity", "POST", self.similarity, json=True),
-            Route("/tokenize", "POST", self.tokenize, json=True),
-            Route("/v1/models", "GET", self.list_models),
-            Route("/v1/models/{id}", "GET", self.get_model),
-            Route("/health", "GET", self.health, open=True),
-            Route("/info", "GET", self.info),
-            Route("/metrics", "GET", self.metrics_route, open=True),
+            Route("/v1/embeddings", "POST", self.openai_embeddings, "EmbeddingsRequest", "EmbeddingsResponse"),
+            Route("/embed", "POST", self.embed, "EmbedRequest", "EmbedResponse"),
+            Route("/v2/embed", "POST", self.cohere_embed, "CohereEmbedRequest", "CohereEmbedResponse",
+                  errors="cohere"),
+            Route("/embed/jsonl", "POST", self.embed_jsonl),  # JSON lines in and out, streamed
+            Route("/embed/chunks", "POST", self.embed_chunks, "ChunksRequest", "ChunksResponse"),
+            Route("/embed_sparse", "POST", self.embed_sparse, "InputsRequest", "SparseResponse"),
+            Route("/embed_all", "POST", self.embed_all, "InputsRequest", "EmbedAllResponse"),
+            Route("/similarity", "POST", self.similarity, "SimilarityRequest", "SimilarityResponse"),
+            Route("/tokenize", "POST", self.tokenize, "TokenizeRequest", "TokenizeResponse"),
+            Route("/v1/models", "GET", self.list_models, answer="ModelList"),
+            Route("/v1/models/{id}", "GET", self.get_model, answer="Model"),
+            Route("/health", "GET", self.health, answer="Health", open=True),
+            Route("/info", "GET", self.info, answer="Info"),
+            Route("/metrics", "GET", self.metrics_route, open=True),  # Prometheus text
             Route("/openapi.json", "GET", self.openapi),
         ]
         self.front = FrontDoor(self.table, settings, metrics, service.load)
