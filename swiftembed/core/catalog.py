@@ -58,15 +58,16 @@ class Catalog:
         if not served:
             raise ValueError("a service needs at least one model")
         self.models: dict[str, Served] = {}
-        self._names: dict[str, Served] = {}
+        # Every name a request may give (short name, full id; None: the default): one dict lookup per request.
+        self.names: dict[str | None, Served] = {}
         for model in served:
             for name in dict.fromkeys((model.name, model.model_id)):
-                other = self._names.setdefault(name, model)
+                other = self.names.setdefault(name, model)
                 if other is not model:
                     raise ValueError(f"two models answer to {name!r}: {other.model_id} and {model.model_id}; "
                                      "serve one of them under another name (NAME=SOURCE)")
             self.models[model.name] = model
-        self.default = served[0] if default is None else self.get(default)
+        self.default = self.names[None] = served[0] if default is None else self.get(default)
 
     @classmethod
     def of(cls, *embedders: Embedder) -> Catalog:
@@ -99,9 +100,7 @@ class Catalog:
 
     def get(self, name: str | None) -> Served:
         """The model answering to `name` (its short name or full id); None is the default."""
-        if name is None:
-            return self.default
-        model = self._names.get(name)
+        model = self.names.get(name)
         if model is None:
             raise UnknownModel(name, list(self.models))
         return model

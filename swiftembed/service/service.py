@@ -80,10 +80,11 @@ class EmbeddingService:
         """The served model a request names (None: the default), or 404 `model_not_found`."""
         if name is not None and not isinstance(name, str):
             raise invalid("'model' must be a string", "model")
-        try:
-            return self.catalog.get(name)
-        except UnknownModel as exc:
-            raise ApiError(404, f"{exc}", param="model", code="model_not_found") from None
+        served = self.catalog.names.get(name)
+        if served is None:
+            raise ApiError(404, str(UnknownModel(name, list(self.catalog.models))), param="model",
+                           code="model_not_found")
+        return served
 
     async def embed(self, texts: list[str], served: Served, options: Options = DEFAULT_OPTIONS) -> Embedded:
         pooled = await self.backend.pool(texts, served)
