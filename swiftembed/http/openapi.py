@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from swiftembed import __version__
 from swiftembed.core.pooling import PRECISIONS, SIMILARITY_MODES
 from swiftembed.http.frontdoor import Route
-from swiftembed.http.wire import COHERE_INPUT_TYPES, COHERE_TYPES
+from swiftembed.http.wire import COHERE_INPUT_TYPES, COHERE_TYPES, ENCODING_FORMATS
 from swiftembed.service.inputs import CHUNK_TOKENS_WITHOUT_LIMIT
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
                     ]
                 },
                 "model": model,
-                "encoding_format": {"type": ["string", "null"], "enum": ["float", "base64", None]},
+                "encoding_format": {"type": ["string", "null"], "enum": [*ENCODING_FORMATS, None]},
                 "dimensions": dimensions(dim),
                 "user": name,
             },
@@ -170,7 +170,7 @@ def openapi_spec(catalog: Catalog, settings: Settings, table: list[Route]) -> Sc
                 "normalize": flag,
                 "dimensions": dimensions(dim),
                 "model": model,
-                "encoding_format": {"type": ["string", "null"], "enum": ["float", "base64", None]},
+                "encoding_format": {"type": ["string", "null"], "enum": [*ENCODING_FORMATS, None]},
             },
         }
 

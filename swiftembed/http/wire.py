@@ -54,11 +54,7 @@ def parse_openai(obj: dict[str, Any], settings: Settings, dim: int, vocab_size: 
     if "input" not in obj:
         raise invalid("'input' is required", "input")
     value = obj["input"]
-    encoding_format = obj.get("encoding_format")
-    if encoding_format is None:
-        encoding_format = "float"
-    if encoding_format not in ("float", "base64"):
-        raise invalid("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+    encoding_format = _encoding_format(obj.get("encoding_format"))
     user = obj.get("user")
     if user is not None and not isinstance(user, str):
         raise invalid("'user' must be a string", "user")
@@ -74,6 +70,17 @@ def parse_openai(obj: dict[str, Any], settings: Settings, dim: int, vocab_size: 
             ids = [_token_ids(v, f"input[{i}]", vocab_size) for i, v in enumerate(value)]
             return EmbedRequest(None, ids, options, encoding_format)
     return EmbedRequest(inputs.texts(value, "input", settings), None, options, encoding_format)
+
+
+ENCODING_FORMATS = ("float", "base64")  # OpenAI's: JSON numbers, or each vector's little-endian float32 in base64
+
+
+def _encoding_format(value: object) -> str:
+    if value is None:
+        return "float"
+    if value not in ENCODING_FORMATS:
+        raise invalid("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+    return value  # type: ignore[return-value]
 
 
 def _token_ids(value: list[Any], param: str, vocab_size: int) -> list[int]:
@@ -188,11 +195,7 @@ def parse_chunks(obj: dict[str, Any], settings: Settings, dim: int, max_tokens: 
     by `max_document_chars` (413 beyond), not by `max_chars`: chunking reads the whole text."""
     texts = inputs.documents(obj.get("texts"), "texts", settings)
     size, overlap = inputs.chunk_sizes(obj.get("chunk_tokens"), obj.get("overlap_tokens", 0), max_tokens)
-    encoding_format = obj.get("encoding_format")
-    if encoding_format is None:
-        encoding_format = "float"
-    if not isinstance(encoding_format, str) or encoding_format not in ("float", "base64"):
-        raise invalid("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+    encoding_format = _encoding_format(obj.get("encoding_format"))
     options = Options(normalize=inputs.flag(obj.get("normalize"), "normalize"),
                       dimensions=inputs.dimensions(obj.get("dimensions"), dim))
     return ChunkRequest(texts, size, overlap, options, encoding_format)
